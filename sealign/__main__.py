@@ -1,0 +1,3 @@
+from sealign.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,216 @@
+"""The `sealign` command. Each subcommand is a function of validated dataclass configs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from rich.table import Table
+from transformers import HfArgumentParser
+
+from sealign.config import EvalConfig, OracleConfig, PolicyConfig, SFTConfig, TaskConfig, TrainConfig
+from sealign.errors import SealignError
+from sealign.progress import console, stdout
+
+
+class _Parser(HfArgumentParser):
+    """argparse over dataclasses whose every mistake becomes one SealignError line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise SealignError(message)
+
+
+@dataclass
+class PolicyArgs:
+    policy: Optional[str] = field(
+        default=None, metadata={"help": "policy folder (transformers format); default: the built-in pi_ref"}
+    )
+    data: Optional[str] = field(
+        default=None, metadata={"help": "JSONL file of {prompt, reference} records; default: the task's holdout split"}
+    )
+    json: Optional[str] = field(default=None, metadata={"help": "also write the figures to this JSON file"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+
+
+@dataclass
+class ExportArgs:
+    out: str = field(metadata={"help": "JSONL file to write"})
+    split: str = field(default="holdout", metadata={"help": "which split", "choices": ["train", "holdout"]})
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_sft(task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, args: PolicyArgs) -> dict:
+    """Build pi_ref (or reuse the cached one) and print where it is."""
+    from sealign.sft import ensure_reference
+
+    result = ensure_reference(task_cfg, policy_cfg, sft_cfg, progress=not args.quiet)
+    meta = result.meta
+    console.print(
+        f"pi_ref {'reused' if result.reused else 'built'}: {result.path}\n"
+        f"  {meta['parameters']:,} parameters; SFT loss {meta['loss_first']:.3f} -> {meta['loss_last']:.3f}; "
+        f"{meta['seconds']} s; peak RSS {meta['peak_rss_mb']} MB"
+    )
+    return {"path": str(result.path), "reused": result.reused, **{k: v for k, v in meta.items() if k != "losses"}}
+
+
+def _resolve_policy(args: PolicyArgs, task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig) -> Path:
+    if args.policy is not None:
+        path = Path(args.policy)
+        if not path.exists():
+            raise SealignError(f"policy path {args.policy!r} does not exist")
+        return path
+    from sealign.sft import META_FILE, reference_dir
+
+    path = reference_dir(task_cfg, policy_cfg, sft_cfg)
+    if not (path / META_FILE).is_file():
+        raise SealignError("no built-in pi_ref for these settings yet: run `sealign sft` first, or pass --policy")
+    return path
+
+
+def _evaluate(
+    path: Path, records_arg: Optional[str], task_cfg: TaskConfig, oracle_cfg: OracleConfig, eval_cfg: EvalConfig
+) -> dict:
+    from sealign.data import read_records
+    from sealign.evaluate import evaluate_policy
+    from sealign.oracles import RewardOracle
+    from sealign.policy import load_policy
+    from sealign.tasks import make_task
+
+    task = make_task(task_cfg)
+    records = read_records(records_arg) if records_arg else task.records("holdout")
+    model, tokenizer = load_policy(path)
+    oracle = RewardOracle(task.reward, oracle_cfg)
+    start = time.time()
+    stats = evaluate_policy(
+        model, tokenizer, oracle, records, eval_cfg, max_new_tokens=task.max_new_tokens, scorer=oracle.score
+    )
+    return {**stats, "prompts": len(records), "seconds": round(time.time() - start, 1)}
+
+
+def cmd_eval(
+    task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, oracle_cfg: OracleConfig, eval_cfg: EvalConfig, args: PolicyArgs
+) -> dict:
+    """Win rate of a policy against the references (greedy unless --sample or --best-of)."""
+    if args.data:
+        from sealign.data import read_records
+
+        read_records(args.data)  # fail on a malformed file before loading any model
+    path = _resolve_policy(args, task_cfg, policy_cfg, sft_cfg)
+    stats = _evaluate(path, args.data, task_cfg, oracle_cfg, eval_cfg)
+    mode = f"best-of-{eval_cfg.best_of} (oracle reward)" if eval_cfg.best_of > 1 else ("sampled" if eval_cfg.sample else "greedy")
+    table = Table(title=f"win rate vs references — {path}")
+    for col in ("decoding", "prompts", "win_rate", "win_prob", "mean length"):
+        table.add_column(col)
+    table.add_row(mode, str(stats["prompts"]), f"{stats['win_rate']:.3f}", f"{stats['win_prob']:.3f}", f"{stats['mean_length']:.2f}")
+    stdout.print(table)
+    return {"policy": str(path), "decoding": mode, **stats}
+
+
+def cmd_demo(
+    task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, oracle_cfg: OracleConfig, args: PolicyArgs
+) -> dict:
+    """Build pi_ref if needed and show how far it is from the best of its own samples."""
+    sft = cmd_sft(task_cfg, policy_cfg, sft_cfg, args)
+    path = Path(sft["path"])
+    rows = {
+        "greedy": EvalConfig(),
+        "best-of-64 by hidden reward": EvalConfig(best_of=64),
+    }
+    table = Table(title=f"pi_ref on {task_cfg.n_holdout} held-out {task_cfg.task} prompts, vs reference summaries")
+    for col in ("decoding", "win_rate", "win_prob", "mean length", "seconds"):
+        table.add_column(col)
+    results = {}
+    for name, cfg in rows.items():
+        stats = _evaluate(path, args.data, task_cfg, oracle_cfg, cfg)
+        results[name] = stats
+        table.add_row(name, f"{stats['win_rate']:.3f}", f"{stats['win_prob']:.3f}", f"{stats['mean_length']:.2f}", str(stats["seconds"]))
+    stdout.print(table)
+    console.print("The gap between the two rows is the room alignment has to climb.")
+    return {"sft": sft, "eval": results}
+
+
+def cmd_export(task_cfg: TaskConfig, args: ExportArgs) -> dict:
+    """Write a split of the built-in task as JSONL, the same format user data comes in."""
+    from sealign.data import write_records
+    from sealign.tasks import make_task
+
+    n = write_records(args.out, make_task(task_cfg).records(args.split))
+    console.print(f"wrote {n} {args.split} records to {args.out}")
+    return {"out": args.out, "records": n}
+
+
+def cmd_train(
+    task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, oracle_cfg: OracleConfig, cfg: TrainConfig
+) -> dict:
+    """Align pi_ref with an agent under a query budget; writes the run folder (see DESIGN.md)."""
+    from sealign.loop import train
+
+    summary = train(cfg, task_cfg, policy_cfg, sft_cfg, oracle_cfg, progress=not cfg.quiet)
+    table = Table(title=f"{summary['agent']} {summary['loss']} — {cfg.resume or cfg.out}")
+    for col in ("queries", "win_rate pi_ref", "win_rate final", "wall s", "generate s", "oracle s", "learn s", "eval s"):
+        table.add_column(col)
+    t = summary["seconds"]
+    table.add_row(
+        str(summary["queries"]),
+        f"{summary['initial_win_rate']:.3f}",
+        f"{summary['final_win_rate']:.3f}",
+        str(summary["wall_seconds"]),
+        *(f"{t[k]:.1f}" for k in ("generate", "oracle", "learn", "eval")),
+    )
+    stdout.print(table)
+    return summary
+
+
+Command = tuple[Callable[..., dict], list[type], str]
+COMMANDS: dict[str, Command] = {
+    "demo": (cmd_demo, [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, PolicyArgs], "the main job on the built-in task"),
+    "sft": (cmd_sft, [TaskConfig, PolicyConfig, SFTConfig, PolicyArgs], "build (or reuse) the reference policy pi_ref"),
+    "eval": (cmd_eval, [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, EvalConfig, PolicyArgs], "win rate of a policy vs references"),
+    "train": (cmd_train, [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, TrainConfig], "run an agent under a query budget"),
+    "export": (cmd_export, [TaskConfig, ExportArgs], "write a task split as JSONL"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: sealign COMMAND [options]   (sealign COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<8} {doc}" for name, (_, _, doc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    try:
+        name, rest = argv[0], argv[1:]
+        if name not in COMMANDS:
+            raise SealignError(f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
+        fn, types, doc = COMMANDS[name]
+        parser = _Parser(types, prog=f"sealign {name}", description=doc)
+        *cfgs, remaining = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+        if remaining:
+            raise SealignError(f"unrecognized arguments: {' '.join(remaining)}")
+        _quiet_libraries()
+        result = fn(*cfgs)
+        out = next((c for c in cfgs if isinstance(c, PolicyArgs)), None)
+        if out is not None and out.json:
+            Path(out.json).write_text(json.dumps(result, indent=1, default=str))
+        return 0
+    except SealignError as e:
+        print(f"sealign: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _quiet_libraries() -> None:
+    """transformers' own progress bars and advisories would drown ours."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

@@ -1,0 +1,74 @@
+"""Win rate of a policy against reference responses, judged by the oracle (paper §5.2, Metrics)."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from sealign.config import EvalConfig
+from sealign.data import PromptRecord
+from sealign.oracles import Oracle
+from sealign.policy import generate
+
+Scorer = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
+
+
+def win_stats(probs: torch.Tensor) -> dict[str, float]:
+    """Summaries of P(policy > reference) per prompt, shape (N,).
+
+    win_prob = mean P; win_rate = fraction of prompts where P > 1/2, ties (P = 1/2) counted half.
+    """
+    wins = (probs > 0.5).double() + 0.5 * (probs == 0.5).double()
+    return {"win_prob": probs.double().mean().item(), "win_rate": wins.mean().item()}
+
+
+def best_of_n(candidates: Sequence[Sequence[str]], prompts: Sequence[str], scorer: Scorer) -> list[str]:
+    """BoN inference: per prompt, the candidate the scorer ranks highest (first one on ties)."""
+    n = len(candidates[0])
+    flat_prompts = [p for p in prompts for _ in range(n)]
+    flat = [c for row in candidates for c in row]
+    scores = scorer(flat_prompts, flat).reshape(len(prompts), n)  # (P, N)
+    return [row[i] for row, i in zip(candidates, scores.argmax(dim=1).tolist())]
+
+
+def evaluate_policy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    oracle: Oracle,
+    records: Sequence[PromptRecord],
+    cfg: EvalConfig,
+    *,
+    max_new_tokens: int,
+    scorer: Scorer | None = None,
+) -> dict[str, float]:
+    """Win rate of the policy's responses against `records`' references.
+
+    Greedy by default; with `cfg.best_of > 1` it samples N responses per prompt and keeps the
+    one `scorer` ranks first (Best-of-N, Table 1). Oracle calls made here are evaluation calls.
+    """
+    prompts = [r.prompt for r in records]
+    if cfg.best_of > 1 and scorer is None:
+        raise ValueError("best-of-N evaluation needs a scorer")
+    greedy = not cfg.sample and cfg.best_of == 1
+    candidates = generate(
+        model,
+        tokenizer,
+        prompts,
+        num_samples=cfg.best_of,
+        greedy=greedy,
+        temperature=cfg.temperature,
+        max_new_tokens=max_new_tokens,
+        batch_size=max(1, cfg.eval_batch_size // cfg.best_of),
+        generator_seed=None if greedy else cfg.eval_seed,
+    )
+    responses = best_of_n(candidates, prompts, scorer) if cfg.best_of > 1 else [c[0] for c in candidates]
+    return evaluate_responses(oracle, records, responses)
+
+
+def evaluate_responses(oracle: Oracle, records: Sequence[PromptRecord], responses: Sequence[str]) -> dict[str, float]:
+    """Win statistics of given responses against the records' references, plus their mean length in words."""
+    probs = oracle.compare([r.prompt for r in records], responses, [r.reference for r in records])
+    return {**win_stats(probs), "mean_length": sum(len(r.split()) for r in responses) / len(responses)}

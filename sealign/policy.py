@@ -1,0 +1,147 @@
+"""The policy pi_theta (actor side): any transformers causal LM, built, loaded and sampled.
+
+The same functions drive the tiny built-in GPT-2 and a Pythia or Llama checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from sealign.config import PolicyConfig
+from sealign.errors import SealignError
+
+
+def build_policy(cfg: PolicyConfig, tokenizer: PreTrainedTokenizerBase, max_positions: int = 64) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 of the configured size over the tokenizer's vocabulary."""
+    n_embd, n_layer, n_head = cfg.dims
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=max_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        # No dropout: preference losses compare log-probs of the policy and pi_ref, which must
+        # be deterministic functions of the weights; the data stream is fresh every step anyway.
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def load_policy(path: str | Path, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a local folder (or a hub name where a hub is reachable)."""
+    path = Path(path)
+    if not path.exists() and (path.is_absolute() or str(path).startswith(".")):
+        raise SealignError(f"policy path {str(path)!r} does not exist")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(str(path)).to(device)
+    except (OSError, ValueError) as e:
+        raise SealignError(f"cannot load policy {str(path)!r}: {str(e).splitlines()[0]}") from None
+    prepare_tokenizer(tokenizer)
+    model.eval()
+    return model, tokenizer
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Left padding for batched generation, and a pad token where the checkpoint has none (GPT-2, Pythia)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def num_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    num_samples: int = 1,
+    greedy: bool = False,
+    temperature: float = 0.7,
+    max_new_tokens: int = 32,
+    batch_size: int = 256,
+    generator_seed: int | None = None,
+) -> list[list[str]]:
+    """Sample `num_samples` responses per prompt (KV-cached, batched); returns texts, shape (P, num_samples).
+
+    Sampling is pure temperature sampling (no top-k / top-p truncation), so the candidates are
+    draws from pi_theta itself, as Thompson sampling over them assumes (§4.3).
+    """
+    if greedy and num_samples != 1:
+        raise ValueError("greedy decoding yields one response per prompt")
+    if generator_seed is not None:
+        torch.manual_seed(generator_seed)
+    was_training = model.training
+    model.eval()
+    out: list[list[str]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start : start + batch_size])
+        enc = tokenizer(chunk, return_tensors="pt", padding=True).to(model.device)
+        sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}
+        ids = model.generate(
+            **enc,
+            do_sample=not greedy,
+            num_return_sequences=num_samples,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **sampling,
+        )  # (B * num_samples, prompt_len + new)
+        texts = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        texts = [t.strip() for t in texts]
+        out.extend(texts[i : i + num_samples] for i in range(0, len(texts), num_samples))
+    model.train(was_training)
+    return out
+
+
+def encode_pairs(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], responses: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Tokenize prompt + response + <eos>, right-padded, with a mask of the response tokens.
+
+    Returns `input_ids`, `attention_mask` and `response_mask`, each (B, T). The prompt is
+    encoded with the tokenizer's special tokens (as at generation time), the response without.
+    """
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    response_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    rows = [(p, [*r, tokenizer.eos_token_id]) for p, r in zip(prompt_ids, response_ids)]
+    width = max(len(p) + len(r) for p, r in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (p, r) in enumerate(rows):
+        n = len(p) + len(r)
+        input_ids[i, :n] = torch.tensor(p + r)
+        attention_mask[i, :n] = 1
+        response_mask[i, len(p) : n] = True
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+
+
+def sequence_logprobs(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], responses: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(y | x) summed over the response tokens (+ <eos>), and the response lengths; both (B,).
+
+    Prompt and padding positions are masked; gradients flow when the model is in grad mode.
+    """
+    batch = encode_pairs(tokenizer, prompts, responses)
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V): predicts tokens 1..T-1
+    token_logp = logp.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)  # (B, T-1)
+    mask = batch["response_mask"][:, 1:]  # (B, T-1)
+    return (token_logp * mask).sum(-1), mask.sum(-1)

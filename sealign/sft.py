@@ -1,0 +1,122 @@
+"""Supervised fine-tuning of the reference policy pi_ref, cached by a hash of everything it depends on.
+
+The paper starts every agent from an SFT model (§5.2); on the built-in task we make one by
+fitting a small GPT-2 to the task's imperfect demonstrations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import get_cosine_schedule_with_warmup
+
+from sealign.config import PolicyConfig, SFTConfig, TaskConfig, config_hash
+from sealign.policy import build_policy, encode_pairs, num_parameters
+from sealign.progress import progress_bar
+from sealign.tasks import TASKS, make_task
+
+SFT_FORMAT = 1  # bump when the SFT recipe changes, so old caches are not reused
+META_FILE = "sft.json"
+
+
+def cache_root() -> Path:
+    """Where built reference policies live: $SEALIGN_HOME, else ~/.cache/sealign."""
+    return Path(os.environ.get("SEALIGN_HOME", Path.home() / ".cache" / "sealign"))
+
+
+def reference_dir(task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig) -> Path:
+    """The cache folder of pi_ref, keyed by task, model and training config (not the holdout size)."""
+    key = {
+        "task": task_cfg.task,
+        "task_version": TASKS[task_cfg.task].version,
+        "task_seed": task_cfg.task_seed,
+        "n_train": task_cfg.n_train,
+        "format": SFT_FORMAT,
+    }
+    digest = config_hash(key, policy_cfg, sft_cfg)
+    return cache_root() / "ref" / f"{task_cfg.task}-{policy_cfg.size}-{digest}"
+
+
+@dataclass
+class SFTResult:
+    path: Path
+    reused: bool
+    meta: dict
+
+
+def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over response tokens (prompt and padding masked)."""
+    labels = batch["input_ids"].masked_fill(~batch["response_mask"], -100)
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+
+
+def train_sft(task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, *, progress: bool = True):
+    """Fit pi_ref to the task's demonstrations; returns (model, tokenizer, per-step losses)."""
+    task = make_task(task_cfg)
+    torch.manual_seed(sft_cfg.sft_seed)
+    rng = np.random.default_rng(sft_cfg.sft_seed)
+    tokenizer = task.build_tokenizer()
+    model = build_policy(policy_cfg, tokenizer)
+    model.train()
+    prompts = [r.prompt for r in task.records("train")]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=sft_cfg.sft_lr, betas=(0.9, 0.95), weight_decay=0.01)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, sft_cfg.sft_warmup, sft_cfg.sft_steps)
+    losses: list[float] = []
+    with progress_bar(progress) as bar:
+        job = bar.add_task("SFT pi_ref", total=sft_cfg.sft_steps, info="")
+        for step in range(sft_cfg.sft_steps):
+            batch_prompts = [prompts[i] for i in rng.integers(len(prompts), size=sft_cfg.sft_batch_size)]
+            demos = [task.demonstration(p, rng) for p in batch_prompts]
+            loss = sft_loss(model, encode_pairs(tokenizer, batch_prompts, demos))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.update(job, advance=1, info=f"loss {np.mean(losses[-20:]):.3f}")
+    model.eval()
+    return model, tokenizer, losses
+
+
+def ensure_reference(
+    task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, *, progress: bool = True
+) -> SFTResult:
+    """Return the cached pi_ref for these configs, training and saving it first if absent."""
+    final = reference_dir(task_cfg, policy_cfg, sft_cfg)
+    if (final / META_FILE).is_file():
+        return SFTResult(final, True, json.loads((final / META_FILE).read_text()))
+    start = time.time()
+    model, tokenizer, losses = train_sft(task_cfg, policy_cfg, sft_cfg, progress=progress)
+    window = max(1, min(50, len(losses) // 10))
+    meta = {
+        "task": asdict(task_cfg),
+        "policy": asdict(policy_cfg),
+        "sft": asdict(sft_cfg),
+        "parameters": num_parameters(model),
+        "loss_first": float(np.mean(losses[:window])),
+        "loss_last": float(np.mean(losses[-window:])),
+        "losses": losses[::10],
+        "seconds": round(time.time() - start, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    # Write into a private folder and rename it into place, so a crash never leaves a half cache.
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, final)
+    except OSError:  # another process finished first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    return SFTResult(final, False, meta)

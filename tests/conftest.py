@@ -1,0 +1,37 @@
+"""Shared fixtures: a small task, a private pi_ref cache, and quick SFT settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sealign.config import OracleConfig, PolicyConfig, SFTConfig, TaskConfig
+from sealign.oracles import RewardOracle
+from sealign.tasks import make_task
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Never touch the user's ~/.cache: every test session builds into its own folder."""
+    monkeypatch.setenv("SEALIGN_HOME", str(tmp_path_factory.getbasetemp() / "sealign_home"))
+
+
+@pytest.fixture(scope="session")
+def task_cfg() -> TaskConfig:
+    return TaskConfig(n_train=300, n_holdout=40)
+
+
+@pytest.fixture(scope="session")
+def task(task_cfg):
+    return make_task(task_cfg)
+
+
+@pytest.fixture
+def oracle(task):
+    return RewardOracle(task.reward, OracleConfig())
+
+
+QUICK_SFT = SFTConfig(sft_steps=30, sft_batch_size=16, sft_lr=1e-3, sft_warmup=5)
+TINY = PolicyConfig(size="tiny")

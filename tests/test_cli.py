@@ -1,0 +1,99 @@
+"""The `sealign` command: every bad input is one clear line on stderr, exit 2, before any work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import QUICK_SFT, TINY
+from sealign.cli import main
+from sealign.policy import build_policy
+
+SMALL = ["--n-train", "300", "--n-holdout", "40"]
+QUICK = ["--sft-steps", str(QUICK_SFT.sft_steps), "--sft-batch-size", "16", "--sft-warmup", "5"]
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_error_line(code: int, err: str, *fragments: str) -> None:
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("sealign: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["eval", "--task", "nosuchtask"], ["unknown task 'nosuchtask'", "keywords"]),
+        (["eval", "--policy", "/no/such/model"], ["/no/such/model", "does not exist"]),
+        (["eval", "--task-seed", "abc"], ["--task_seed", "abc"]),
+        (["eval", "--best-of", "0"], ["--best-of"]),
+        (["eval", "--label-mode", "coin"], ["coin"]),
+        (["eval", "--flip-prob", "0.7"], ["--flip-prob"]),
+        (["sft", "--size", "huge"], ["huge"]),
+        (["sft", "--sft-steps", "0"], ["--sft-steps"]),
+        (["eval", "--bogus"], ["--bogus"]),
+        (["train-everything"], ["unknown command"]),
+    ],
+)
+def test_bad_input_is_one_line(capsys, argv, fragments):
+    code, _, err = run_cli(capsys, *argv)
+    assert_one_error_line(code, err, *fragments)
+
+
+def test_jsonl_missing_field_names_file_and_line(capsys, tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "apple TL;DR:", "reference": "apple"}\n{"prompt": "river TL;DR:"}\n')
+    code, _, err = run_cli(capsys, "eval", "--data", str(path))
+    assert_one_error_line(code, err, f"{path}:2", "missing field 'reference'")
+
+
+def test_jsonl_bad_json_names_file_and_line(capsys, tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "apple TL;DR:", "reference": "apple"}\n\n{not json\n')
+    code, _, err = run_cli(capsys, "eval", "--data", str(path))
+    assert_one_error_line(code, err, f"{path}:3", "not valid JSON")
+
+
+def test_eval_without_built_reference_says_what_to_do(capsys):
+    code, _, err = run_cli(capsys, "eval", *SMALL, "--task-seed", "77")
+    assert_one_error_line(code, err, "sealign sft")
+
+
+def test_sft_then_eval_on_exported_data(capsys, tmp_path):
+    code, _, _ = run_cli(capsys, "sft", *SMALL, *QUICK, "--quiet")
+    assert code == 0
+    data = tmp_path / "holdout.jsonl"
+    assert run_cli(capsys, "export", *SMALL, "--out", str(data))[0] == 0
+    report = tmp_path / "eval.json"
+    code, out, _ = run_cli(capsys, "eval", *SMALL, *QUICK, "--data", str(data), "--json", str(report), "--quiet")
+    assert code == 0 and "win_rate" in out
+    figures = json.loads(report.read_text())
+    assert figures["prompts"] == 40 and 0.0 <= figures["win_rate"] <= 1.0
+
+
+def test_eval_any_saved_policy(capsys, tmp_path, task):
+    torch.manual_seed(0)
+    tokenizer = task.build_tokenizer()
+    build_policy(TINY, tokenizer).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    report = tmp_path / "eval.json"
+    code, _, _ = run_cli(capsys, "eval", *SMALL, "--policy", str(tmp_path), "--json", str(report), "--best-of", "4")
+    assert code == 0
+    assert json.loads(report.read_text())["decoding"].startswith("best-of-4")
+
+
+def test_console_script_entry_point():
+    result = subprocess.run([sys.executable, "-m", "sealign", "--help"], capture_output=True, text=True, check=True)
+    assert "demo" in result.stdout and "eval" in result.stdout
