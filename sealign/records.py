@@ -1,0 +1,71 @@
+"""Typed records that flow through the loop: actor -> explorer -> oracle -> learner.
+
+Plain lists of strings keep them serialisable, so the roles can later live in other processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Candidates:
+    """The candidate set S of §4.3: M responses sampled from the actor's policy for each prompt."""
+
+    prompts: list[str]  # (P,)
+    responses: list[list[str]]  # (P, M)
+
+    @property
+    def num_candidates(self) -> int:
+        return len(self.responses[0])
+
+
+@dataclass
+class Duels:
+    """The two dueling responses (y, y') chosen per prompt, before the oracle has spoken."""
+
+    prompts: list[str]  # (P,)
+    first: list[str]  # (P,)
+    second: list[str]  # (P,)
+
+    @classmethod
+    def pick(cls, candidates: Candidates, first: torch.Tensor, second: torch.Tensor) -> "Duels":
+        """Gather the responses at indices `first`, `second` (each (P,)) of the candidate set."""
+        rows = candidates.responses
+        return cls(
+            prompts=list(candidates.prompts),
+            first=[row[i] for row, i in zip(rows, first.tolist())],
+            second=[row[i] for row, i in zip(rows, second.tolist())],
+        )
+
+
+@dataclass
+class Preferences:
+    """Labelled pairs (x, y+, y-) for the learner (the batch B^t of Eq. 8)."""
+
+    prompts: list[str]  # (B,)
+    chosen: list[str]  # (B,)
+    rejected: list[str]  # (B,)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """(B,) bool: False where both responses are identical, a pair that carries no preference."""
+        return torch.tensor([c != r for c, r in zip(self.chosen, self.rejected)], dtype=torch.bool)
+
+    @classmethod
+    def from_labels(cls, duels: Duels, first_wins: torch.Tensor) -> "Preferences":
+        """Order each duel by the oracle's feedback z (True = first preferred), shape (P,)."""
+        z = first_wins.tolist()
+        return cls(
+            prompts=list(duels.prompts),
+            chosen=[a if w else b for a, b, w in zip(duels.first, duels.second, z)],
+            rejected=[b if w else a for a, b, w in zip(duels.first, duels.second, z)],
+        )
+
+    def slice(self, start: int, stop: int) -> "Preferences":
+        return Preferences(self.prompts[start:stop], self.chosen[start:stop], self.rejected[start:stop])

@@ -1,0 +1,152 @@
+"""The run folder (DESIGN.md contract): config, metrics, the label ledger, checkpoints, summary.
+
+    runs/NAME/config.json  metrics.jsonl  queries.jsonl  summary.json  checkpoints/  tb/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sealign.errors import SealignError
+from sealign.records import Duels, Preferences
+
+CHECKPOINT = "checkpoints/state.pt"
+
+
+def _append_jsonl(path: Path, rows: list[dict]) -> None:
+    """Append rows and push them to disk before returning: labels are precious."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(row) + "\n" for row in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSONL file; a torn last line (a kill mid-write) is cut off the file and dropped."""
+    if not path.is_file():
+        return []
+    rows, good_bytes = [], 0
+    with path.open("rb") as f:
+        for raw in f:
+            try:
+                rows.append(json.loads(raw))
+            except json.JSONDecodeError:
+                break
+            good_bytes += len(raw)
+    if good_bytes < path.stat().st_size:
+        with path.open("r+b") as f:
+            f.truncate(good_bytes)
+    return rows
+
+
+class QueryLedger:
+    """queries.jsonl: every oracle-labelled training pair, written as soon as the label arrives.
+
+    On resume the ledger already holds pairs labelled after the last checkpoint; `label` hands
+    those back instead of asking the oracle again, so no label is ever asked twice or lost.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows = _read_jsonl(path)
+        self.replay_mismatches = 0  # recorded pairs that differ from the regenerated ones
+        self.asked = 0  # labels asked of the oracle in this session
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def label(self, duels: Duels, start: int, step: int, oracle: Any) -> tuple[Preferences, int]:
+        """Preferences for query indices start .. start + len(duels) - 1; returns them and the fresh oracle calls."""
+        n = len(duels.prompts)
+        recorded = self.rows[start : start + n]
+        oracle.skip(len(recorded))
+        fresh = n - len(recorded)
+        if fresh:
+            tail = Duels(duels.prompts[len(recorded) :], duels.first[len(recorded) :], duels.second[len(recorded) :])
+            z = oracle.label(tail.prompts, tail.first, tail.second)
+            new_rows = [
+                {"index": start + len(recorded) + i, "step": step, "prompt": p, "first": a, "second": b, "first_wins": bool(w)}
+                for i, (p, a, b, w) in enumerate(zip(tail.prompts, tail.first, tail.second, z.tolist()))
+            ]
+            _append_jsonl(self.path, new_rows)
+            self.rows.extend(new_rows)
+            self.asked += fresh
+        rows = self.rows[start : start + n]
+        self.replay_mismatches += sum(
+            (r["prompt"], r["first"], r["second"]) != (p, a, b)
+            for r, p, a, b in zip(recorded, duels.prompts, duels.first, duels.second)
+        )
+        pairs = Duels([r["prompt"] for r in rows], [r["first"] for r in rows], [r["second"] for r in rows])
+        return Preferences.from_labels(pairs, torch.tensor([r["first_wins"] for r in rows])), fresh
+
+
+class RunFolder:
+    """Owns the files of one run; creating it refuses to overwrite, resuming requires it."""
+
+    def __init__(self, path: str | Path, *, resume: bool):
+        self.path = Path(path)
+        if resume:
+            if not (self.path / "config.json").is_file():
+                raise SealignError(f"cannot resume {str(self.path)!r}: no config.json there")
+        elif self.path.exists():
+            raise SealignError(f"run folder {str(self.path)!r} already exists (use --resume to continue it)")
+        self.queries = QueryLedger(self.path / "queries.jsonl")
+        self._tb = None
+
+    def create(self, config: dict) -> None:
+        """Lay out a new run: its folders and the config that is enough to rerun it."""
+        (self.path / "checkpoints").mkdir(parents=True)
+        (self.path / "config.json").write_text(json.dumps(config, indent=1))
+
+    def read_config(self) -> dict:
+        try:
+            return json.loads((self.path / "config.json").read_text())
+        except json.JSONDecodeError as e:
+            raise SealignError(f"{self.path / 'config.json'}: not valid JSON ({e.msg})") from None
+
+    def append_metrics(self, row: dict) -> None:
+        _append_jsonl(self.path / "metrics.jsonl", [row])
+
+    def log_scalars(self, row: dict) -> None:
+        """Mirror a metrics row to TensorBoard, indexed by queries."""
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.path / "tb"))
+        for key, value in row.items():
+            if key != "queries" and isinstance(value, (int, float)):
+                self._tb.add_scalar(key, value, row["queries"])
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+    def metrics(self) -> list[dict]:
+        return _read_jsonl(self.path / "metrics.jsonl")
+
+    def keep_metrics_until(self, queries: int) -> None:
+        """Drop evaluation rows newer than a checkpoint: the resumed run writes them again."""
+        rows = [r for r in self.metrics() if r["queries"] <= queries]
+        path = self.path / "metrics.jsonl"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, path)
+
+    def save_checkpoint(self, state: dict) -> None:
+        """Atomic: the previous checkpoint stays valid until the new one is complete."""
+        path = self.path / CHECKPOINT
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self) -> dict | None:
+        path = self.path / CHECKPOINT
+        return torch.load(path, weights_only=False) if path.is_file() else None
+
+    def write_summary(self, summary: dict) -> None:
+        (self.path / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -1,0 +1,173 @@
+"""The online loop: budget, ledger, resume after kill -9, offline never syncs, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import QUICK_SFT, TINY
+from sealign.cli import main
+from sealign.config import OracleConfig, TrainConfig
+from sealign.learner import Learner, LearnerConfig
+from sealign.loop import PromptStream, train
+from sealign.policy import build_policy, sequence_logprobs
+from sealign.records import Preferences
+
+SMALL = ["--n-train", "300", "--n-holdout", "40", "--sft-steps", "30", "--sft-batch-size", "16", "--sft-warmup", "5"]
+
+
+def run_cfg(out, **kw) -> TrainConfig:
+    base = dict(budget=96, batch_size=32, eval_every=64, checkpoint_every=32, out=str(out), quiet=True)
+    return TrainConfig(**{**base, **kw})
+
+
+def ledger(path) -> list[dict]:
+    return [json.loads(line) for line in (path / "queries.jsonl").read_text().splitlines()]
+
+
+def test_budget_is_never_exceeded(tmp_path, task_cfg):
+    cfg = run_cfg(tmp_path / "run", budget=100, batch_size=32)  # 100 is not a multiple of 32
+    summary = train(cfg, task_cfg, TINY, QUICK_SFT, OracleConfig(), progress=False)
+    rows = ledger(tmp_path / "run")
+    assert summary["queries"] == 100 and summary["labels_asked_this_session"] == 100
+    assert [r["index"] for r in rows] == list(range(100))
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["queries"] for m in metrics] == [0, 64, 100]
+    assert all(m["oracle_train_calls"] <= 100 for m in metrics)
+    assert {"config.json", "summary.json", "checkpoints", "tb"} <= {p.name for p in (tmp_path / "run").iterdir()}
+
+
+def test_offline_agent_never_syncs_the_actor(tmp_path, task_cfg, monkeypatch):
+    calls = []
+    monkeypatch.setattr("sealign.actor.Actor.sync", lambda self, model, version: calls.append(version))
+    train(run_cfg(tmp_path / "off", agent="offline"), task_cfg, TINY, QUICK_SFT, OracleConfig(), progress=False)
+    assert calls == []
+    train(run_cfg(tmp_path / "on"), task_cfg, TINY, QUICK_SFT, OracleConfig(), progress=False)
+    assert calls == [1, 2, 3]  # positive control: online syncs after every step
+
+
+def test_learner_step_prefers_chosen(task):
+    torch.manual_seed(0)
+    tokenizer = task.build_tokenizer()
+    model = build_policy(TINY, tokenizer)
+    learner = Learner(model, tokenizer, LearnerConfig("dpo", 0.1, 1e-3, "constant", 0, 1))
+    record = task.records("holdout")[0]
+    batch = Preferences([record.prompt], [task.optimal_summary(record.prompt)], [record.reference])
+
+    def gap() -> float:
+        with torch.no_grad():
+            logp, _ = sequence_logprobs(model, tokenizer, batch.prompts * 2, batch.chosen + batch.rejected)
+        return (logp[0] - logp[1]).item()
+
+    before = gap()
+    figures = learner.step(batch)
+    assert gap() > before
+    assert figures["loss"] == pytest.approx(0.6931, abs=1e-3)  # pi = pi_ref at the first step: -log sigma(0)
+
+
+def test_identical_pairs_do_not_move_the_policy(task):
+    torch.manual_seed(0)
+    tokenizer = task.build_tokenizer()
+    model = build_policy(TINY, tokenizer)
+    learner = Learner(model, tokenizer, LearnerConfig("dpo", 0.1, 1e-2, "constant", 0, 1))
+    before = [p.detach().clone() for p in model.parameters()]
+    record = task.records("holdout")[0]
+    figures = learner.step(Preferences([record.prompt], [record.reference], [record.reference]))
+    assert figures["valid_pairs"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_prompt_stream_epochs():
+    stream = PromptStream(list(range(5)), seed=0)
+    first, second = stream.take(5), stream.take(5)
+    assert sorted(first) == sorted(second) == list(range(5)) and first != second
+    stream.restore({"epoch": 0, "offset": 2})
+    assert stream.take(3) == first[2:]
+
+
+def _cli(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "sealign", "train", *SMALL, *argv]
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+    """A run killed with SIGKILL mid-way and resumed writes the same queries.jsonl as one that never stopped."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["--budget", "192", "--batch-size", "32", "--checkpoint-every", "64", "--eval-every", "64", "--deterministic", "--quiet"]
+    subprocess.run(_cli(*args, "--out", str(tmp_path / "whole")), env=env, check=True, capture_output=True)
+
+    proc = subprocess.Popen(_cli(*args, "--out", str(tmp_path / "cut")), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ledger_path = tmp_path / "cut" / "queries.jsonl"
+    deadline = time.time() + 300
+    # kill after the first checkpoint (64 queries) but before the end, so some labels lie past it
+    while time.time() < deadline and proc.poll() is None:
+        if ledger_path.exists() and len(ledger_path.read_text().splitlines()) >= 96:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    asked_before = len(ledger(tmp_path / "cut"))
+    assert 96 <= asked_before < 192
+
+    subprocess.run([sys.executable, "-m", "sealign", "train", "--resume", str(tmp_path / "cut"), "--quiet"], env=env, check=True, capture_output=True)
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summary["queries"] == 192
+    assert summary["labels_asked_this_session"] == 192 - asked_before  # nothing asked twice
+    assert summary["replay_mismatches"] == 0
+    assert (tmp_path / "cut" / "queries.jsonl").read_text() == (tmp_path / "whole" / "queries.jsonl").read_text()
+    whole = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    cut = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["queries"], m["win_rate"]) for m in cut] == [(m["queries"], m["win_rate"]) for m in whole]
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--loss", "kto"], "unknown loss 'kto'"),
+        (["--agent", "ppo"], "unknown agent 'ppo'"),
+        (["--budget", "0"], "--budget must be positive"),
+        (["--beta", "-1"], "--beta must be > 0"),
+        (["--loss", "ipo"], "--beta is required for ipo"),
+        (["--num-candidates", "1"], "--num-candidates must be at least 2"),
+        (["--budget", "10", "--batch-size", "64"], "exceeds --budget"),
+        ([], "exactly one of --out"),
+    ],
+)
+def test_bad_train_input(capsys, tmp_path, argv, fragment):
+    code = main(["train", *argv, *(["--out", str(tmp_path / "r")] if argv else [])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and fragment in err[0]
+    assert not (tmp_path / "r").exists()  # nothing was started
+
+
+def test_existing_out_without_resume(capsys, tmp_path):
+    (tmp_path / "r").mkdir()
+    code = main(["train", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "already exists" in err[0]
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, task_cfg, monkeypatch, capsys):
+    from sealign import learner as learner_mod
+
+    real = learner_mod.Learner.step
+
+    def step(self, batch):
+        if self.steps == 2:
+            raise learner_mod.NonFiniteLoss("non-finite dpo loss at learner step 3")
+        return real(self, batch)
+
+    monkeypatch.setattr(learner_mod.Learner, "step", step)
+    code = main(["train", *SMALL, "--budget", "128", "--batch-size", "32", "--checkpoint-every", "32", "--out", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "non-finite" in err[0] and "checkpoint" in err[0]
+    state = torch.load(tmp_path / "r" / "checkpoints" / "state.pt", weights_only=False)
+    assert state["loop"]["learned"] == 64  # the last good state, before the failing step
+    assert len(ledger(tmp_path / "r")) == 96  # labels obtained before the failure are kept
