@@ -25,15 +25,19 @@ class _Parser(HfArgumentParser):
 
 
 @dataclass
-class PolicyArgs:
+class OutputArgs:
+    json: Optional[str] = field(default=None, metadata={"help": "also write the figures to this JSON file"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+
+
+@dataclass
+class EvalArgs:
     policy: Optional[str] = field(
         default=None, metadata={"help": "policy folder (transformers format); default: the built-in pi_ref"}
     )
     data: Optional[str] = field(
         default=None, metadata={"help": "JSONL file of {prompt, reference} records; default: the task's holdout split"}
     )
-    json: Optional[str] = field(default=None, metadata={"help": "also write the figures to this JSON file"})
-    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
 
 
 @dataclass
@@ -45,11 +49,11 @@ class ExportArgs:
 # -- commands ---------------------------------------------------------------------------------
 
 
-def cmd_sft(task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, args: PolicyArgs) -> dict:
+def cmd_sft(task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, out: OutputArgs) -> dict:
     """Build pi_ref (or reuse the cached one) and print where it is."""
     from sealign.sft import ensure_reference
 
-    result = ensure_reference(task_cfg, policy_cfg, sft_cfg, progress=not args.quiet)
+    result = ensure_reference(task_cfg, policy_cfg, sft_cfg, progress=not out.quiet)
     meta = result.meta
     console.print(
         f"pi_ref {'reused' if result.reused else 'built'}: {result.path}\n"
@@ -59,7 +63,7 @@ def cmd_sft(task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, 
     return {"path": str(result.path), "reused": result.reused, **{k: v for k, v in meta.items() if k != "losses"}}
 
 
-def _resolve_policy(args: PolicyArgs, task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig) -> Path:
+def _resolve_policy(args: EvalArgs, task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig) -> Path:
     if args.policy is not None:
         path = Path(args.policy)
         if not path.exists():
@@ -94,7 +98,13 @@ def _evaluate(
 
 
 def cmd_eval(
-    task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, oracle_cfg: OracleConfig, eval_cfg: EvalConfig, args: PolicyArgs
+    task_cfg: TaskConfig,
+    policy_cfg: PolicyConfig,
+    sft_cfg: SFTConfig,
+    oracle_cfg: OracleConfig,
+    eval_cfg: EvalConfig,
+    args: EvalArgs,
+    out: OutputArgs,
 ) -> dict:
     """Win rate of a policy against the references (greedy unless --sample or --best-of)."""
     if args.data:
@@ -113,10 +123,10 @@ def cmd_eval(
 
 
 def cmd_demo(
-    task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, oracle_cfg: OracleConfig, args: PolicyArgs
+    task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, oracle_cfg: OracleConfig, out: OutputArgs
 ) -> dict:
     """Build pi_ref if needed and show how far it is from the best of its own samples."""
-    sft = cmd_sft(task_cfg, policy_cfg, sft_cfg, args)
+    sft = cmd_sft(task_cfg, policy_cfg, sft_cfg, out)
     path = Path(sft["path"])
     rows = {
         "greedy": EvalConfig(),
@@ -127,7 +137,7 @@ def cmd_demo(
         table.add_column(col)
     results = {}
     for name, cfg in rows.items():
-        stats = _evaluate(path, args.data, task_cfg, oracle_cfg, cfg)
+        stats = _evaluate(path, None, task_cfg, oracle_cfg, cfg)
         results[name] = stats
         table.add_row(name, f"{stats['win_rate']:.3f}", f"{stats['win_prob']:.3f}", f"{stats['mean_length']:.2f}", str(stats["seconds"]))
     stdout.print(table)
@@ -135,7 +145,7 @@ def cmd_demo(
     return {"sft": sft, "eval": results}
 
 
-def cmd_export(task_cfg: TaskConfig, args: ExportArgs) -> dict:
+def cmd_export(task_cfg: TaskConfig, args: ExportArgs, out: OutputArgs) -> dict:
     """Write a split of the built-in task as JSONL, the same format user data comes in."""
     from sealign.data import write_records
     from sealign.tasks import make_task
@@ -146,12 +156,12 @@ def cmd_export(task_cfg: TaskConfig, args: ExportArgs) -> dict:
 
 
 def cmd_train(
-    task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, oracle_cfg: OracleConfig, cfg: TrainConfig
+    task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, oracle_cfg: OracleConfig, cfg: TrainConfig, out: OutputArgs
 ) -> dict:
     """Align pi_ref with an agent under a query budget; writes the run folder (see DESIGN.md)."""
     from sealign.loop import train
 
-    summary = train(cfg, task_cfg, policy_cfg, sft_cfg, oracle_cfg, progress=not cfg.quiet)
+    summary = train(cfg, task_cfg, policy_cfg, sft_cfg, oracle_cfg, progress=not out.quiet)
     table = Table(title=f"{summary['agent']} {summary['loss']} — {cfg.resume or cfg.out}")
     for col in ("queries", "win_rate pi_ref", "win_rate final", "wall s", "generate s", "oracle s", "learn s", "eval s"):
         table.add_column(col)
@@ -169,11 +179,19 @@ def cmd_train(
 
 Command = tuple[Callable[..., dict], list[type], str]
 COMMANDS: dict[str, Command] = {
-    "demo": (cmd_demo, [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, PolicyArgs], "the main job on the built-in task"),
-    "sft": (cmd_sft, [TaskConfig, PolicyConfig, SFTConfig, PolicyArgs], "build (or reuse) the reference policy pi_ref"),
-    "eval": (cmd_eval, [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, EvalConfig, PolicyArgs], "win rate of a policy vs references"),
-    "train": (cmd_train, [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, TrainConfig], "run an agent under a query budget"),
-    "export": (cmd_export, [TaskConfig, ExportArgs], "write a task split as JSONL"),
+    "demo": (cmd_demo, [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, OutputArgs], "the main job on the built-in task"),
+    "sft": (cmd_sft, [TaskConfig, PolicyConfig, SFTConfig, OutputArgs], "build (or reuse) the reference policy pi_ref"),
+    "eval": (
+        cmd_eval,
+        [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, EvalConfig, EvalArgs, OutputArgs],
+        "win rate of a policy vs references",
+    ),
+    "train": (
+        cmd_train,
+        [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, TrainConfig, OutputArgs],
+        "run an agent under a query budget",
+    ),
+    "export": (cmd_export, [TaskConfig, ExportArgs, OutputArgs], "write a task split as JSONL"),
 }
 
 
@@ -199,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SealignError(f"unrecognized arguments: {' '.join(remaining)}")
         _quiet_libraries()
         result = fn(*cfgs)
-        out = next((c for c in cfgs if isinstance(c, PolicyArgs)), None)
-        if out is not None and out.json:
+        out = cfgs[-1]  # every command ends with OutputArgs
+        if out.json:
             Path(out.json).write_text(json.dumps(result, indent=1, default=str))
         return 0
     except SealignError as e:

@@ -136,10 +136,10 @@ class TrainConfig:
         default=None, metadata=_help("loss temperature beta; default 0.1 (dpo), 0.2 (slic), 2.0 (simpo); required for ipo")
     )
     budget: int = field(default=5000, metadata=_help("oracle queries (labelled training pairs) to spend"))
-    batch_size: int = field(default=64, metadata=_help("prompts (pairs) per step"))
+    batch_size: int = field(default=32, metadata=_help("prompts (pairs) per step"))
     num_candidates: int = field(default=2, metadata=_help("M: responses sampled per prompt"))
     train_temperature: float = field(default=0.7, metadata=_help("sampling temperature of the actor"))
-    lr: float = field(default=3e-4, metadata=_help("peak learning rate (AdamW)"))
+    lr: float = field(default=1e-4, metadata=_help("peak learning rate (AdamW)"))
     lr_schedule: str = field(default="cosine", metadata=_help("learning-rate schedule", choices=list(LR_SCHEDULES)))
     warmup_steps: int = field(default=5, metadata=_help("linear warm-up steps"))
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping"))
@@ -151,7 +151,6 @@ class TrainConfig:
     out: Optional[str] = field(default=None, metadata=_help("run folder (must not exist unless --resume)"))
     resume: Optional[str] = field(default=None, metadata=_help("continue the run in this folder"))
     deterministic: bool = field(default=False, metadata=_help("torch deterministic algorithms (bit-exact resume)"))
-    quiet: bool = field(default=False, metadata=_help("no progress bar"))
 
     def __post_init__(self) -> None:
         from sealign.agents import AGENTS

@@ -24,7 +24,7 @@ SMALL = ["--n-train", "300", "--n-holdout", "40", "--sft-steps", "30", "--sft-ba
 
 
 def run_cfg(out, **kw) -> TrainConfig:
-    base = dict(budget=96, batch_size=32, eval_every=64, checkpoint_every=32, out=str(out), quiet=True)
+    base = dict(budget=96, batch_size=32, eval_every=64, checkpoint_every=32, out=str(out))
     return TrainConfig(**{**base, **kw})
 
 
