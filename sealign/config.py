@@ -139,7 +139,7 @@ class TrainConfig:
     batch_size: int = field(default=32, metadata=_help("prompts (pairs) per step"))
     num_candidates: int = field(default=2, metadata=_help("M: responses sampled per prompt"))
     train_temperature: float = field(default=0.7, metadata=_help("sampling temperature of the actor"))
-    lr: float = field(default=1e-4, metadata=_help("peak learning rate (AdamW)"))
+    lr: float = field(default=2e-4, metadata=_help("peak learning rate (AdamW)"))
     lr_schedule: str = field(default="cosine", metadata=_help("learning-rate schedule", choices=list(LR_SCHEDULES)))
     warmup_steps: int = field(default=5, metadata=_help("linear warm-up steps"))
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping"))

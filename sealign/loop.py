@@ -32,6 +32,7 @@ from sealign.sft import ensure_reference
 from sealign.tasks import make_task
 
 TIMERS = ("generate", "select", "oracle", "learn", "eval")
+MAX_IDLE_BATCHES = 20
 
 
 class PromptStream:
@@ -73,6 +74,8 @@ class LoopState:
     learned: int = 0  # labelled pairs the learner has consumed: the x-axis "queries"
     step: int = 0  # learner updates
     eval_calls: int = 0  # oracle comparisons spent on evaluation, never charged to the budget
+    identical_skipped: int = 0  # sampled duels of two identical responses: not asked, not charged
+    idle_batches: int = 0  # consecutive batches that had nothing to ask
     timers: dict = field(default_factory=lambda: dict.fromkeys(TIMERS, 0.0))
     since_eval: dict = field(default_factory=dict)  # sums of training figures since the last evaluation
     wall: float = 0.0  # seconds of earlier sessions of this run
@@ -204,6 +207,7 @@ def train(
             "eval_length": stats["mean_length"],
             **{k: v / n for k, v in sums.items() if k not in ("n", "online_n", "online_wins")},
             "oracle_train_calls": state.collected,
+            "identical_skipped": state.identical_skipped,
             "oracle_eval_calls": state.eval_calls,
             **{f"time_{k}": round(v, 3) for k, v in state.timers.items()},
             "wall": round(state.wall + time.perf_counter() - t0, 2),
@@ -217,7 +221,7 @@ def train(
 
     def collect() -> None:
         """Ask the oracle about one batch of duels (or replay them from the ledger on resume)."""
-        n = min(cfg.batch_size, cfg.budget - state.collected)
+        n = cfg.batch_size
         records = stream.take(n)
         prompts = [r.prompt for r in records]
         with Timer(state.timers, "generate"):
@@ -226,15 +230,25 @@ def train(
             rewards = torch.empty(0, n, candidates.num_candidates)  # (K, P, M): no reward model for these agents
             first, second = agent.select(rewards, select_gen)
             duels = Duels.pick(candidates, first, second)
+        asked, identical = duels.distinct()
+        asked = asked.head(cfg.budget - state.collected)  # the budget is hard: surplus duels go unasked
+        state.identical_skipped += identical
+        state.idle_batches = state.idle_batches + 1 if not asked.prompts else 0
+        if state.idle_batches > MAX_IDLE_BATCHES:
+            raise SealignError(
+                f"the actor proposed only identical pairs for {MAX_IDLE_BATCHES} batches in a row: "
+                "raise --train-temperature or --num-candidates"
+            )
         with Timer(state.timers, "oracle"):
-            folder.queries.label(duels, state.collected, state.step, oracle)
+            if asked.prompts:
+                folder.queries.label(asked, state.collected, state.step, oracle)
         with Timer(state.timers, "eval"):  # E&E metric: the dueling responses against the references
             refs = [r.reference for r in records]
             probs = torch.cat([oracle.compare(prompts, duels.first, refs), oracle.compare(prompts, duels.second, refs)])
         state.eval_calls += 2 * n
         state.since_eval["online_wins"] = state.since_eval.get("online_wins", 0.0) + win_stats(probs)["win_rate"] * 2 * n
         state.since_eval["online_n"] = state.since_eval.get("online_n", 0) + 2 * n
-        state.collected += n
+        state.collected += len(asked.prompts)
 
     def learn() -> dict:
         n = min(cfg.batch_size, cfg.budget - state.learned)
@@ -288,6 +302,7 @@ def train(
         "final_win_rate": last_row["win_rate"],
         "final_win_prob": last_row["win_prob"],
         "oracle_eval_calls": state.eval_calls,
+        "identical_skipped": state.identical_skipped,
         "wall_seconds": round(state.wall, 1),
         "seconds": {k: round(v, 2) for k, v in state.timers.items()},
     }

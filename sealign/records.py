@@ -41,6 +41,21 @@ class Duels:
         )
 
 
+    def distinct(self) -> tuple["Duels", int]:
+        """The duels whose two responses differ, and how many were identical.
+
+        Two identical answers carry no preference, so nobody is asked about them (and they cost
+        no query); the loss masks such pairs too, for data that comes from elsewhere.
+        """
+        keep = [i for i, (a, b) in enumerate(zip(self.first, self.second)) if a != b]
+        picked = Duels([self.prompts[i] for i in keep], [self.first[i] for i in keep], [self.second[i] for i in keep])
+        return picked, len(self.prompts) - len(keep)
+
+
+    def head(self, n: int) -> "Duels":
+        return Duels(self.prompts[:n], self.first[:n], self.second[:n])
+
+
 @dataclass
 class Preferences:
     """Labelled pairs (x, y+, y-) for the learner (the batch B^t of Eq. 8)."""

@@ -171,3 +171,30 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, task_cfg, monkeypa
     state = torch.load(tmp_path / "r" / "checkpoints" / "state.pt", weights_only=False)
     assert state["loop"]["learned"] == 64  # the last good state, before the failing step
     assert len(ledger(tmp_path / "r")) == 96  # labels obtained before the failure are kept
+
+
+def _fake_proposals(identical_every: int):
+    """An actor whose every `identical_every`-th prompt gets two identical candidates."""
+    from sealign.records import Candidates
+
+    def propose(self, prompts):
+        rows = [["apple", "apple"] if i % identical_every == 0 else ["apple", "river"] for i in range(len(prompts))]
+        return Candidates(list(prompts), rows)
+
+    return propose
+
+
+def test_identical_duels_are_not_asked_nor_charged(tmp_path, task_cfg, monkeypatch):
+    monkeypatch.setattr("sealign.actor.Actor.propose", _fake_proposals(2))
+    summary = train(run_cfg(tmp_path / "r", budget=64), task_cfg, TINY, QUICK_SFT, OracleConfig(), progress=False)
+    rows = ledger(tmp_path / "r")
+    assert len(rows) == 64 and summary["queries"] == 64
+    assert all(r["first"] != r["second"] for r in rows)
+    assert summary["identical_skipped"] == 64  # half of the 128 prompts drawn
+
+
+def test_only_identical_duels_stop_with_a_message(tmp_path, task_cfg, monkeypatch, capsys):
+    monkeypatch.setattr("sealign.actor.Actor.propose", _fake_proposals(1))
+    code = main(["train", *SMALL, "--budget", "64", "--batch-size", "32", "--out", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "identical pairs" in err[0]
