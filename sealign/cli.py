@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -87,8 +88,12 @@ def _evaluate(
     from sealign.tasks import make_task
 
     task = make_task(task_cfg)
-    records = read_records(records_arg) if records_arg else task.records("holdout")
+    records = read_records(records_arg, check=task.check_record) if records_arg else task.records("holdout")
     model, tokenizer = load_policy(path)
+    longest = max(len(tokenizer(r.prompt)["input_ids"]) for r in records) + task.max_new_tokens
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if limit is not None and longest > limit:
+        raise SealignError(f"a prompt plus {task.max_new_tokens} new tokens needs {longest} positions; the policy has {limit}")
     oracle = RewardOracle(task.reward, oracle_cfg)
     start = time.time()
     stats = evaluate_policy(
@@ -109,8 +114,9 @@ def cmd_eval(
     """Win rate of a policy against the references (greedy unless --sample or --best-of)."""
     if args.data:
         from sealign.data import read_records
+        from sealign.tasks import make_task
 
-        read_records(args.data)  # fail on a malformed file before loading any model
+        read_records(args.data, check=make_task(task_cfg).check_record)  # fail before loading any model
     path = _resolve_policy(args, task_cfg, policy_cfg, sft_cfg)
     stats = _evaluate(path, args.data, task_cfg, oracle_cfg, eval_cfg)
     mode = f"best-of-{eval_cfg.best_of} (oracle reward)" if eval_cfg.best_of > 1 else ("sampled" if eval_cfg.sample else "greedy")
@@ -160,6 +166,18 @@ def cmd_train(
 ) -> dict:
     """Align pi_ref with an agent under a query budget; writes the run folder (see DESIGN.md)."""
     from sealign.loop import train
+
+    if cfg.resume:  # a resumed run keeps its saved settings: refuse flags that would be ignored
+        given = [task_cfg, policy_cfg, sft_cfg, oracle_cfg, dataclasses.replace(cfg, resume=None, out="-")]
+        defaults = [TaskConfig(), PolicyConfig(), SFTConfig(), OracleConfig(), TrainConfig(out="-")]
+        changed = [
+            f"--{name.replace('_', '-')}"
+            for g, d in zip(given, defaults)
+            for name, value in dataclasses.asdict(g).items()
+            if value != getattr(d, name)
+        ]
+        if changed:
+            raise SealignError(f"--resume continues with the run's saved settings; drop {', '.join(changed)}")
 
     summary = train(cfg, task_cfg, policy_cfg, sft_cfg, oracle_cfg, progress=not out.quiet)
     table = Table(title=f"{summary['agent']} {summary['loss']} — {cfg.resume or cfg.out}")
@@ -215,9 +233,11 @@ def main(argv: list[str] | None = None) -> int:
         *cfgs, remaining = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
         if remaining:
             raise SealignError(f"unrecognized arguments: {' '.join(remaining)}")
+        out = cfgs[-1]  # every command ends with OutputArgs
+        if out.json and not Path(out.json).resolve().parent.is_dir():
+            raise SealignError(f"--json {out.json!r}: its folder does not exist")
         _quiet_libraries()
         result = fn(*cfgs)
-        out = cfgs[-1]  # every command ends with OutputArgs
         if out.json:
             Path(out.json).write_text(json.dumps(result, indent=1, default=str))
         return 0

@@ -141,7 +141,7 @@ class TrainConfig:
     train_temperature: float = field(default=0.7, metadata=_help("sampling temperature of the actor"))
     lr: float = field(default=2e-4, metadata=_help("peak learning rate (AdamW)"))
     lr_schedule: str = field(default="cosine", metadata=_help("learning-rate schedule", choices=list(LR_SCHEDULES)))
-    warmup_steps: int = field(default=5, metadata=_help("linear warm-up steps"))
+    warmup_ratio: float = field(default=0.03, metadata=_help("share of the learner steps spent on linear warm-up"))
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping"))
     label_smoothing: float = field(default=0.0, metadata=_help("dpo only: conservative DPO's epsilon"))
     sync_every: int = field(default=1, metadata=_help("actor <- learner weights every k steps (1 = online, k > 1 = iterative)"))
@@ -164,7 +164,7 @@ class TrainConfig:
         _require(self.num_candidates >= 2, f"--num-candidates must be at least 2 (a duel), got {self.num_candidates}")
         _require(self.train_temperature > 0, f"--train-temperature must be positive, got {self.train_temperature}")
         _require(self.lr > 0, f"--lr must be positive, got {self.lr}")
-        _require(self.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        _require(0.0 <= self.warmup_ratio < 1.0, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         _require(self.sync_every >= 1, f"--sync-every must be >= 1, got {self.sync_every}")
         _require(self.eval_every > 0, f"--eval-every must be positive, got {self.eval_every}")
         _require(self.checkpoint_every > 0, f"--checkpoint-every must be positive, got {self.checkpoint_every}")
@@ -176,3 +176,7 @@ class TrainConfig:
     def total_steps(self) -> int:
         """Learner updates: one per batch of the budget, for online and offline agents alike."""
         return -(-self.budget // self.batch_size)
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(self.warmup_ratio * self.total_steps)

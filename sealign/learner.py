@@ -63,6 +63,9 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        if not math.isfinite(grad_norm.item()):  # stop before the weights are spoiled
+            raise NonFiniteLoss(f"non-finite gradient at learner step {self.steps + 1}")
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
         self.optimizer.step()
         self.scheduler.step()
         self.steps += 1
@@ -77,7 +80,7 @@ class Learner:
             # Monte Carlo KL(pi_theta || pi_ref) on responses the actor sampled: mean log-ratio per sequence
             "kl": (pi_logp - ref_logp).detach().mean().item(),
             "grad_norm": float(grad_norm),
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": lr,
             "valid_pairs": int(v.sum().item()),
         }
 

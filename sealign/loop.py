@@ -26,9 +26,9 @@ from sealign.learner import Learner, LearnerConfig, NonFiniteLoss
 from sealign.oracles import RewardOracle
 from sealign.policy import load_policy
 from sealign.progress import progress_bar
-from sealign.records import Duels, Preferences
+from sealign.records import Duels
 from sealign.runfolder import RunFolder
-from sealign.sft import ensure_reference
+from sealign.sft import ensure_reference, weights_fingerprint
 from sealign.tasks import make_task
 
 TIMERS = ("generate", "select", "oracle", "learn", "eval")
@@ -90,6 +90,7 @@ def _configs_from_folder(folder: RunFolder) -> dict:
             "sft": SFTConfig(**saved["sft"]),
             "oracle": OracleConfig(**saved["oracle"]),
             "train": TrainConfig(**{**saved["train"], "out": None, "resume": str(folder.path)}),
+            "reference": saved["reference"],
         }
     except (KeyError, TypeError) as e:
         raise SealignError(f"{folder.path / 'config.json'}: not a sealign run config ({e})") from None
@@ -127,20 +128,26 @@ def train(
         saved = _configs_from_folder(folder)
         task_cfg, policy_cfg, sft_cfg, oracle_cfg, cfg = (saved[k] for k in ("task", "policy", "sft", "oracle", "train"))
     else:
-        folder.create(
-            {
-                "task": dataclasses.asdict(task_cfg),
-                "policy": dataclasses.asdict(policy_cfg),
-                "sft": dataclasses.asdict(sft_cfg),
-                "oracle": dataclasses.asdict(oracle_cfg),
-                "train": {**dataclasses.asdict(cfg), "out": None, "resume": None},
-            }
-        )
+        config = {
+            "task": dataclasses.asdict(task_cfg),
+            "policy": dataclasses.asdict(policy_cfg),
+            "sft": dataclasses.asdict(sft_cfg),
+            "oracle": dataclasses.asdict(oracle_cfg),
+            "train": {**dataclasses.asdict(cfg), "out": None, "resume": None},
+        }
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     agent = AGENTS[cfg.agent]
     task = make_task(task_cfg)
     ref = ensure_reference(task_cfg, policy_cfg, sft_cfg, progress=progress)
+    fingerprint = weights_fingerprint(ref.path)
+    if resume and saved["reference"] != fingerprint:
+        raise SealignError(
+            f"the reference policy at {ref.path} differs from the one this run started from "
+            f"(weights {fingerprint} != {saved['reference']}): resuming would change pi_ref"
+        )
+    if not resume:
+        folder.create({**config, "reference": fingerprint})
     model, tokenizer = load_policy(ref.path)
     learner = Learner(
         model,
@@ -178,6 +185,7 @@ def train(
         state = LoopState(**checkpoint["loop"])
     if resume:
         folder.keep_metrics_until(state.learned if checkpoint is not None else -1)
+        folder.purge_scalars_after(state.learned)
 
     def save_checkpoint() -> None:
         folder.save_checkpoint(
@@ -219,8 +227,9 @@ def train(
         folder.log_scalars(row)
         return row
 
-    def collect() -> None:
-        """Ask the oracle about one batch of duels (or replay them from the ledger on resume)."""
+    def collect(target: int) -> None:
+        """Ask the oracle about one batch of duels, up to `target` labels in all (replayed from the
+        ledger on resume). Surplus duels go unasked, so an online batch never holds stale labels."""
         n = cfg.batch_size
         records = stream.take(n)
         prompts = [r.prompt for r in records]
@@ -231,10 +240,10 @@ def train(
             first, second = agent.select(rewards, select_gen)
             duels = Duels.pick(candidates, first, second)
         asked, identical = duels.distinct()
-        asked = asked.head(cfg.budget - state.collected)  # the budget is hard: surplus duels go unasked
+        asked = asked.head(target - state.collected)
         state.identical_skipped += identical
         state.idle_batches = state.idle_batches + 1 if not asked.prompts else 0
-        if state.idle_batches > MAX_IDLE_BATCHES:
+        if state.idle_batches >= MAX_IDLE_BATCHES:
             raise SealignError(
                 f"the actor proposed only identical pairs for {MAX_IDLE_BATCHES} batches in a row: "
                 "raise --train-temperature or --num-candidates"
@@ -252,9 +261,7 @@ def train(
 
     def learn() -> dict:
         n = min(cfg.batch_size, cfg.budget - state.learned)
-        rows = folder.queries.rows[state.learned : state.learned + n]
-        pairs = Duels([r["prompt"] for r in rows], [r["first"] for r in rows], [r["second"] for r in rows])
-        batch = Preferences.from_labels(pairs, torch.tensor([r["first_wins"] for r in rows]))
+        batch = folder.queries.preferences(state.learned, state.learned + n)
         with Timer(state.timers, "learn"):
             try:
                 figures = learner.step(batch)
@@ -273,8 +280,9 @@ def train(
     with progress_bar(progress) as bar:
         job = bar.add_task(f"{cfg.agent} {cfg.loss}", total=cfg.budget, completed=state.learned, info="")
         while state.learned < cfg.budget:
-            while state.collected < min(cfg.budget, state.learned + cfg.batch_size + ahead):
-                collect()
+            target = min(cfg.budget, state.learned + cfg.batch_size + ahead)  # the budget is hard
+            while state.collected < target:
+                collect(target)
             before = state.learned
             figures = learn()
             if agent.online and state.step % cfg.sync_every == 0:
@@ -289,6 +297,8 @@ def train(
             bar.update(
                 job, completed=state.learned, info=f"win {last_row['win_rate']:.3f}  loss {figures['loss']:.3f}"
             )
+    learner.model.save_pretrained(folder.path / "policy")
+    tokenizer.save_pretrained(folder.path / "policy")
     initial = folder.metrics()[0]
     summary = {
         "agent": cfg.agent,

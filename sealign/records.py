@@ -81,6 +81,3 @@ class Preferences:
             chosen=[a if w else b for a, b, w in zip(duels.first, duels.second, z)],
             rejected=[b if w else a for a, b, w in zip(duels.first, duels.second, z)],
         )
-
-    def slice(self, start: int, stop: int) -> "Preferences":
-        return Preferences(self.prompts[start:stop], self.chosen[start:stop], self.rejected[start:stop])

@@ -27,20 +27,21 @@ def _append_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSONL file; a torn last line (a kill mid-write) is cut off the file and dropped."""
+    """Rows of a JSONL file. A torn last line (a kill mid-write) is cut off the file; a bad line
+    anywhere else means the file was damaged, and nothing is dropped silently."""
     if not path.is_file():
         return []
-    rows, good_bytes = [], 0
-    with path.open("rb") as f:
-        for raw in f:
-            try:
-                rows.append(json.loads(raw))
-            except json.JSONDecodeError:
-                break
-            good_bytes += len(raw)
-    if good_bytes < path.stat().st_size:
+    lines = path.read_bytes().split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline
+    rows = []
+    for lineno, raw in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(raw))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise SealignError(f"{path}:{lineno}: damaged line; fix or remove it before resuming") from None
+    if tail:
         with path.open("r+b") as f:
-            f.truncate(good_bytes)
+            f.truncate(path.stat().st_size - len(tail))
     return rows
 
 
@@ -60,8 +61,9 @@ class QueryLedger:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def label(self, duels: Duels, start: int, step: int, oracle: Any) -> tuple[Preferences, int]:
-        """Preferences for query indices start .. start + len(duels) - 1; returns them and the fresh oracle calls."""
+    def label(self, duels: Duels, start: int, step: int, oracle: Any) -> None:
+        """Record labels for query indices start .. start + len(duels) - 1, asking the oracle only
+        for those not recorded yet."""
         n = len(duels.prompts)
         recorded = self.rows[start : start + n]
         oracle.skip(len(recorded))
@@ -76,13 +78,16 @@ class QueryLedger:
             _append_jsonl(self.path, new_rows)
             self.rows.extend(new_rows)
             self.asked += fresh
-        rows = self.rows[start : start + n]
         self.replay_mismatches += sum(
             (r["prompt"], r["first"], r["second"]) != (p, a, b)
             for r, p, a, b in zip(recorded, duels.prompts, duels.first, duels.second)
         )
+
+    def preferences(self, start: int, stop: int) -> Preferences:
+        """The recorded labels start .. stop - 1 as (chosen, rejected) pairs for the learner."""
+        rows = self.rows[start:stop]
         pairs = Duels([r["prompt"] for r in rows], [r["first"] for r in rows], [r["second"] for r in rows])
-        return Preferences.from_labels(pairs, torch.tensor([r["first_wins"] for r in rows])), fresh
+        return Preferences.from_labels(pairs, torch.tensor([r["first_wins"] for r in rows]))
 
 
 class RunFolder:
@@ -93,6 +98,7 @@ class RunFolder:
         if resume:
             if not (self.path / "config.json").is_file():
                 raise SealignError(f"cannot resume {str(self.path)!r}: no config.json there")
+            (self.path / "checkpoints").mkdir(exist_ok=True)
         elif self.path.exists():
             raise SealignError(f"run folder {str(self.path)!r} already exists (use --resume to continue it)")
         self.queries = QueryLedger(self.path / "queries.jsonl")
@@ -100,13 +106,13 @@ class RunFolder:
 
     def create(self, config: dict) -> None:
         """Lay out a new run: its folders and the config that is enough to rerun it."""
-        (self.path / "checkpoints").mkdir(parents=True)
+        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
         (self.path / "config.json").write_text(json.dumps(config, indent=1))
 
     def read_config(self) -> dict:
         try:
-            return json.loads((self.path / "config.json").read_text())
-        except json.JSONDecodeError as e:
+            return json.loads((self.path / "config.json").read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise SealignError(f"{self.path / 'config.json'}: not valid JSON ({e.msg})") from None
 
     def append_metrics(self, row: dict) -> None:
@@ -121,6 +127,12 @@ class RunFolder:
         for key, value in row.items():
             if key != "queries" and isinstance(value, (int, float)):
                 self._tb.add_scalar(key, value, row["queries"])
+
+    def purge_scalars_after(self, queries: int) -> None:
+        """On resume, TensorBoard forgets points past the checkpoint, which are written again."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._tb = SummaryWriter(str(self.path / "tb"), purge_step=queries + 1)
 
     def close(self) -> None:
         if self._tb is not None:

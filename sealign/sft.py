@@ -6,6 +6,7 @@ fitting a small GPT-2 to the task's imperfect demonstrations.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
@@ -50,6 +51,14 @@ class SFTResult:
     path: Path
     reused: bool
     meta: dict
+
+
+def weights_fingerprint(path: Path) -> str:
+    """A short hash of a saved model's weight files, so a run can tell if its pi_ref changed."""
+    digest = hashlib.sha256()
+    for f in sorted(Path(path).glob("*.safetensors")) or sorted(Path(path).glob("*.bin")):
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -97,3 +97,15 @@ def test_eval_any_saved_policy(capsys, tmp_path, task):
 def test_console_script_entry_point():
     result = subprocess.run([sys.executable, "-m", "sealign", "--help"], capture_output=True, text=True, check=True)
     assert "demo" in result.stdout and "eval" in result.stdout
+
+
+def test_user_data_outside_the_task_vocabulary(capsys, tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "apple river TL;DR:", "reference": "apple"}\n{"prompt": "hello world TL;DR:", "reference": "hello"}\n')
+    code, _, err = run_cli(capsys, "eval", "--data", str(path))
+    assert_one_error_line(code, err, f"{path}:2", "hello")
+
+
+def test_json_into_missing_folder(capsys):
+    code, _, err = run_cli(capsys, "export", "--out", "/tmp/x.jsonl", "--json", "/no/such/dir/out.json")
+    assert_one_error_line(code, err, "/no/such/dir/out.json")

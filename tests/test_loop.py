@@ -198,3 +198,16 @@ def test_only_identical_duels_stop_with_a_message(tmp_path, task_cfg, monkeypatc
     code = main(["train", *SMALL, "--budget", "64", "--batch-size", "32", "--out", str(tmp_path / "r"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "identical pairs" in err[0]
+
+
+def test_resume_refuses_flags_it_would_ignore(capsys, tmp_path):
+    (tmp_path / "r").mkdir()
+    code = main(["train", "--resume", str(tmp_path / "r"), "--budget", "10000"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--budget" in err[0]
+
+
+def test_trained_policy_is_saved_and_loadable(tmp_path, task_cfg):
+    train(run_cfg(tmp_path / "r", budget=32), task_cfg, TINY, QUICK_SFT, OracleConfig(), progress=False)
+    code = main(["eval", "--n-train", "300", "--n-holdout", "40", "--policy", str(tmp_path / "r" / "policy")])
+    assert code == 0

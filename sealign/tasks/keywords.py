@@ -132,6 +132,16 @@ class KeywordsTask:
         keep = sorted(np.argsort(-noisy)[:k].tolist())
         return [post[i] for i in keep]
 
+    def check_record(self, record: PromptRecord) -> str | None:
+        """Why this task's hidden reward cannot judge a record (user data), or None if it can."""
+        words = record.prompt.split()
+        if not words or words[-1] != MARKER:
+            return f"the prompt must end with {MARKER!r}"
+        unknown = sorted({w for w in words[:-1] + record.reference.split() if w not in self.salience})
+        if unknown:
+            return f"words outside the keywords vocabulary: {', '.join(unknown[:5])}"
+        return None
+
     # -- oracle side --------------------------------------------------------------------------
 
     def reward(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
