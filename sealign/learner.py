@@ -35,7 +35,7 @@ class Learner:
     """Holds pi_theta (trained), pi_ref (frozen copy), the optimizer and the schedule."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: LearnerConfig):
-        self.model = model.train()
+        self.model = model.eval()  # dropout off: the DAP loss compares deterministic log-probs
         self.ref = copy.deepcopy(model).eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.cfg = cfg

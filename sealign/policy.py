@@ -101,8 +101,9 @@ def generate(
             eos_token_id=tokenizer.eos_token_id,
             **sampling,
         )  # (B * num_samples, prompt_len + new)
+        # No stripping: a BPE response keeps its leading space, so re-tokenizing it for the learner
+        # gives back the tokens the policy sampled.
         texts = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        texts = [t.strip() for t in texts]
         out.extend(texts[i : i + num_samples] for i in range(0, len(texts), num_samples))
     model.train(was_training)
     return out
