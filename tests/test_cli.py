@@ -52,18 +52,23 @@ def test_bad_input_is_one_line(capsys, argv, fragments):
     assert_one_error_line(code, err, *fragments)
 
 
-def test_jsonl_missing_field_names_file_and_line(capsys, tmp_path):
-    path = tmp_path / "prompts.jsonl"
-    path.write_text('{"prompt": "apple TL;DR:", "reference": "apple"}\n{"prompt": "river TL;DR:"}\n')
-    code, _, err = run_cli(capsys, "eval", "--data", str(path))
-    assert_one_error_line(code, err, f"{path}:2", "missing field 'reference'")
+GOOD_LINE = '{"prompt": "apple river TL;DR:", "reference": "apple"}\n'
 
 
-def test_jsonl_bad_json_names_file_and_line(capsys, tmp_path):
+@pytest.mark.parametrize(
+    "content, line, fragment",
+    [
+        (GOOD_LINE + '{"prompt": "river TL;DR:"}\n', 2, "missing field 'reference'"),
+        (GOOD_LINE + "\n{not json\n", 3, "not valid JSON"),
+        (GOOD_LINE + '{"prompt": "hello world TL;DR:", "reference": "hello"}\n', 2, "hello"),  # outside the vocabulary
+        (GOOD_LINE + '{"prompt": "apple river", "reference": "apple"}\n', 2, "TL;DR:"),
+    ],
+)
+def test_bad_jsonl_names_file_and_line(capsys, tmp_path, content, line, fragment):
     path = tmp_path / "prompts.jsonl"
-    path.write_text('{"prompt": "apple TL;DR:", "reference": "apple"}\n\n{not json\n')
+    path.write_text(content)
     code, _, err = run_cli(capsys, "eval", "--data", str(path))
-    assert_one_error_line(code, err, f"{path}:3", "not valid JSON")
+    assert_one_error_line(code, err, f"{path}:{line}", fragment)
 
 
 def test_eval_without_built_reference_says_what_to_do(capsys):
@@ -97,13 +102,6 @@ def test_eval_any_saved_policy(capsys, tmp_path, task):
 def test_console_script_entry_point():
     result = subprocess.run([sys.executable, "-m", "sealign", "--help"], capture_output=True, text=True, check=True)
     assert "demo" in result.stdout and "eval" in result.stdout
-
-
-def test_user_data_outside_the_task_vocabulary(capsys, tmp_path):
-    path = tmp_path / "prompts.jsonl"
-    path.write_text('{"prompt": "apple river TL;DR:", "reference": "apple"}\n{"prompt": "hello world TL;DR:", "reference": "hello"}\n')
-    code, _, err = run_cli(capsys, "eval", "--data", str(path))
-    assert_one_error_line(code, err, f"{path}:2", "hello")
 
 
 def test_json_into_missing_folder(capsys):
