@@ -275,7 +275,8 @@ def train(
         return figures
 
     t0 = time.perf_counter()
-    last_row = folder.metrics()[-1] if folder.metrics() else evaluate()
+    rows = folder.metrics()
+    last_row = rows[-1] if rows else evaluate()  # a resumed run continues from its saved rows
     ahead = 0 if agent.online else cfg.budget  # offline: every label is asked before learning starts
     with progress_bar(progress) as bar:
         job = bar.add_task(f"{cfg.agent} {cfg.loss}", total=cfg.budget, completed=state.learned, info="")
