@@ -78,17 +78,12 @@ def _resolve_policy(args: EvalArgs, task_cfg: TaskConfig, policy_cfg: PolicyConf
     return path
 
 
-def _evaluate(
-    path: Path, records_arg: Optional[str], task_cfg: TaskConfig, oracle_cfg: OracleConfig, eval_cfg: EvalConfig
-) -> dict:
-    from sealign.data import read_records
+def _evaluate(path: Path, task, records: list, oracle_cfg: OracleConfig, eval_cfg: EvalConfig) -> dict:
+    """Win statistics of the policy at `path` on `records`, judged by the task's oracle."""
     from sealign.evaluate import evaluate_policy
     from sealign.oracles import RewardOracle
     from sealign.policy import load_policy
-    from sealign.tasks import make_task
 
-    task = make_task(task_cfg)
-    records = read_records(records_arg, check=task.check_record) if records_arg else task.records("holdout")
     model, tokenizer = load_policy(path)
     longest = max(len(tokenizer(r.prompt)["input_ids"]) for r in records) + task.max_new_tokens
     limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
@@ -112,13 +107,14 @@ def cmd_eval(
     out: OutputArgs,
 ) -> dict:
     """Win rate of a policy against the references (greedy unless --sample or --best-of)."""
-    if args.data:
-        from sealign.data import read_records
-        from sealign.tasks import make_task
+    from sealign.data import read_records
+    from sealign.tasks import make_task
 
-        read_records(args.data, check=make_task(task_cfg).check_record)  # fail before loading any model
+    task = make_task(task_cfg)
+    # read and check user data before any model is loaded
+    records = read_records(args.data, check=task.check_record) if args.data else task.records("holdout")
     path = _resolve_policy(args, task_cfg, policy_cfg, sft_cfg)
-    stats = _evaluate(path, args.data, task_cfg, oracle_cfg, eval_cfg)
+    stats = _evaluate(path, task, records, oracle_cfg, eval_cfg)
     mode = f"best-of-{eval_cfg.best_of} (oracle reward)" if eval_cfg.best_of > 1 else ("sampled" if eval_cfg.sample else "greedy")
     table = Table(title=f"win rate vs references — {path}")
     for col in ("decoding", "prompts", "win_rate", "win_prob", "mean length"):
@@ -141,9 +137,12 @@ def cmd_demo(
     table = Table(title=f"pi_ref on {task_cfg.n_holdout} held-out {task_cfg.task} prompts, vs reference summaries")
     for col in ("decoding", "win_rate", "win_prob", "mean length", "seconds"):
         table.add_column(col)
+    from sealign.tasks import make_task
+
+    task = make_task(task_cfg)
     results = {}
     for name, cfg in rows.items():
-        stats = _evaluate(path, None, task_cfg, oracle_cfg, cfg)
+        stats = _evaluate(path, task, task.records("holdout"), oracle_cfg, cfg)
         results[name] = stats
         table.add_row(name, f"{stats['win_rate']:.3f}", f"{stats['win_prob']:.3f}", f"{stats['mean_length']:.2f}", str(stats["seconds"]))
     stdout.print(table)
