@@ -1,30 +1,47 @@
 """Named agents: short recipes composed from the shared pieces (paper Table 1 and §5.2 baselines).
 
-A recipe says how duels are selected and when labels are collected relative to learning; the
-loop in `sealign.loop` runs every recipe.
+A recipe says how duels are selected, what learns from the labels (the policy, the epistemic
+reward model R, or both, with or without self-alignment π ↔ R), when labels are collected
+relative to learning, and how the agent answers at test time (its policy, or best-of-N under R).
+The loop in `sealign.loop` runs every recipe.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
-import torch
-
-from sealign import explore
-
-SelectionRule = Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class Agent:
     name: str
-    select: SelectionRule
-    online: bool  # False: the whole budget is labelled from pi_ref before learning, the actor never syncs
+    explore: str  # default duel selection rule (a key of sealign.explore.RULES)
     summary: str
+    online: bool = True  # False: the whole budget is labelled from pi_ref first, the actor never syncs
+    learn_policy: bool = True  # False: the policy stays pi_ref (variant 7)
+    learn_erm: bool = False  # an epistemic reward model learns from the oracle's labels
+    self_align: bool = False  # policy batches mix in ERM-labelled pairs (π ↔ R, §4.3)
+    best_of_n: bool = False  # inference is BoN(π, R) instead of the policy's greedy answer
 
 
 AGENTS: dict[str, Agent] = {
-    "online": Agent("online", explore.passive, True, "online DAP with passive exploration (Guo et al. 2024; Table 1 variant 1)"),
-    "offline": Agent("offline", explore.passive, False, "offline DAP: the budget labelled from pi_ref up front, then trained"),
+    a.name: a
+    for a in [
+        Agent("online", "passive", "1: online DAP with passive exploration (Guo et al. 2024)"),
+        Agent("offline", "passive", "offline DAP: the budget labelled from pi_ref up front, then trained", online=False),
+        Agent("sea-noalign", "bai_ts", "2: active exploration with the ERM, policy and ERM learn apart", learn_erm=True),
+        Agent("sea", "bai_ts", "3: SEA, active exploration and policy <-> ERM self-alignment", learn_erm=True, self_align=True),
+        Agent("bon-passive", "passive", "4: passive exploration, policy and ERM learn apart, BoN inference", learn_erm=True, best_of_n=True),
+        Agent("bon-active", "bai_ts", "5: active exploration, policy and ERM learn apart, BoN inference", learn_erm=True, best_of_n=True),
+        Agent(
+            "sea-bon", "bai_ts", "6: SEA with best-of-N inference", learn_erm=True, self_align=True, best_of_n=True
+        ),
+        Agent(
+            "erm-bon",
+            "bai_ts",
+            "7: pi_ref fixed, only the ERM learns, BoN inference (Dwaracherla et al. 2024)",
+            learn_policy=False,
+            learn_erm=True,
+            best_of_n=True,
+        ),
+    ]
 }

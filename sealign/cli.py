@@ -13,7 +13,7 @@ from typing import Callable, Optional
 from rich.table import Table
 from transformers import HfArgumentParser
 
-from sealign.config import EvalConfig, OracleConfig, PolicyConfig, SFTConfig, TaskConfig, TrainConfig
+from sealign.config import ERMConfig, EvalConfig, OracleConfig, PolicyConfig, SFTConfig, TaskConfig, TrainConfig
 from sealign.errors import SealignError
 from sealign.progress import console, stdout
 
@@ -161,14 +161,20 @@ def cmd_export(task_cfg: TaskConfig, args: ExportArgs, out: OutputArgs) -> dict:
 
 
 def cmd_train(
-    task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, oracle_cfg: OracleConfig, cfg: TrainConfig, out: OutputArgs
+    task_cfg: TaskConfig,
+    policy_cfg: PolicyConfig,
+    sft_cfg: SFTConfig,
+    oracle_cfg: OracleConfig,
+    erm_cfg: ERMConfig,
+    cfg: TrainConfig,
+    out: OutputArgs,
 ) -> dict:
     """Align pi_ref with an agent under a query budget; writes the run folder (see DESIGN.md)."""
     from sealign.loop import train
 
     if cfg.resume:  # a resumed run keeps its saved settings: refuse flags that would be ignored
-        given = [task_cfg, policy_cfg, sft_cfg, oracle_cfg, dataclasses.replace(cfg, resume=None, out="-")]
-        defaults = [TaskConfig(), PolicyConfig(), SFTConfig(), OracleConfig(), TrainConfig(out="-")]
+        given = [task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, dataclasses.replace(cfg, resume=None, out="-")]
+        defaults = [TaskConfig(), PolicyConfig(), SFTConfig(), OracleConfig(), ERMConfig(), TrainConfig(out="-")]
         changed = [
             f"--{name.replace('_', '-')}"
             for g, d in zip(given, defaults)
@@ -178,9 +184,9 @@ def cmd_train(
         if changed:
             raise SealignError(f"--resume continues with the run's saved settings; drop {', '.join(changed)}")
 
-    summary = train(cfg, task_cfg, policy_cfg, sft_cfg, oracle_cfg, progress=not out.quiet)
+    summary = train(cfg, task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, progress=not out.quiet)
     table = Table(title=f"{summary['agent']} {summary['loss']} — {cfg.resume or cfg.out}")
-    for col in ("queries", "win_rate pi_ref", "win_rate final", "wall s", "generate s", "oracle s", "learn s", "eval s"):
+    for col in ("queries", "win_rate pi_ref", "win_rate final", "wall s", "generate s", "select s", "oracle s", "learn s", "eval s"):
         table.add_column(col)
     t = summary["seconds"]
     table.add_row(
@@ -188,7 +194,7 @@ def cmd_train(
         f"{summary['initial_win_rate']:.3f}",
         f"{summary['final_win_rate']:.3f}",
         str(summary["wall_seconds"]),
-        *(f"{t[k]:.1f}" for k in ("generate", "oracle", "learn", "eval")),
+        *(f"{t[k]:.1f}" for k in ("generate", "select", "oracle", "learn", "eval")),
     )
     stdout.print(table)
     return summary
@@ -205,7 +211,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "train": (
         cmd_train,
-        [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, TrainConfig, OutputArgs],
+        [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, ERMConfig, TrainConfig, OutputArgs],
         "run an agent under a query budget",
     ),
     "export": (cmd_export, [TaskConfig, ExportArgs, OutputArgs], "write a task split as JSONL"),

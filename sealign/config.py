@@ -123,27 +123,71 @@ class EvalConfig:
         _require(self.eval_batch_size >= 1, f"--eval-batch-size must be at least 1, got {self.eval_batch_size}")
 
 
+@dataclass
+class ERMConfig:
+    """The epistemic reward model (paper §4.2): K MLP heads on a frozen backbone, trained by Eq. 9."""
+
+    erm_heads: int = field(default=20, metadata=_help("K: ensemble heads (posterior samples)"))
+    erm_hidden: int = field(default=128, metadata=_help("width of each head's two hidden layers"))
+    erm_lambda: float = field(default=0.5, metadata=_help("lambda of Eq. 9: pull of each head to its initial weights"))
+    erm_lr: float = field(default=1e-3, metadata=_help("Adam learning rate of the heads"))
+    erm_sgd_steps: int = field(default=5, metadata=_help("Adam steps per round (one round per learner step)"))
+    erm_batch_size: int = field(default=64, metadata=_help("pairs per head per Adam step, drawn from all labels so far"))
+    erm_backbone: Optional[str] = field(
+        default=None, metadata=_help("transformers model (name or path) giving the features; default: pi_ref")
+    )
+    erm_pooling: str = field(
+        default="mean", metadata=_help("pooling of the backbone's last hidden states over the response", choices=["mean", "sum", "last"])
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.erm_heads >= 2, f"--erm-heads must be at least 2 (an ensemble), got {self.erm_heads}")
+        _require(self.erm_hidden > 0, f"--erm-hidden must be positive, got {self.erm_hidden}")
+        _require(self.erm_lambda >= 0, f"--erm-lambda must be >= 0, got {self.erm_lambda}")
+        _require(self.erm_lr > 0, f"--erm-lr must be positive, got {self.erm_lr}")
+        _require(self.erm_sgd_steps > 0, f"--erm-sgd-steps must be positive, got {self.erm_sgd_steps}")
+        _require(self.erm_batch_size > 0, f"--erm-batch-size must be positive, got {self.erm_batch_size}")
+        _require(self.erm_pooling in ("mean", "sum", "last"), f"unknown --erm-pooling {self.erm_pooling!r} (known: mean, sum, last)")
+
+
 LR_SCHEDULES = ("cosine", "constant", "linear", "constant_with_warmup")
+DEFAULT_BON = 16  # N of best-of-N inference for the agents that infer by it
+BURN_IN_SHARE = 0.02  # the paper's burn-in: 1k of 50k queries
 
 
 @dataclass
 class TrainConfig:
     """One alignment run: agent, DAP loss, query budget and the loop's knobs (paper §5.2)."""
 
-    agent: str = field(default="online", metadata=_help("agent recipe: online, offline"))
+    agent: str = field(
+        default="online",
+        metadata=_help("agent recipe: online, offline, sea-noalign, sea, bon-passive, bon-active, sea-bon, erm-bon (Table 1)"),
+    )
+    explore: Optional[str] = field(
+        default=None, metadata=_help("duel selection rule: passive, ee_ts, bai_ts, uncertainty; default: the agent's")
+    )
     loss: str = field(default="dpo", metadata=_help("direct optimizer F of Eq. 8: dpo, ipo, slic, simpo"))
     beta: Optional[float] = field(
         default=None, metadata=_help("loss temperature beta; default 0.1 (dpo), 0.2 (slic), 2.0 (simpo); required for ipo")
     )
     budget: int = field(default=5000, metadata=_help("oracle queries (labelled training pairs) to spend"))
     batch_size: int = field(default=32, metadata=_help("prompts (pairs) per step"))
-    num_candidates: int = field(default=2, metadata=_help("M: responses sampled per prompt"))
+    num_candidates: Optional[int] = field(
+        default=None, metadata=_help("M: responses sampled per prompt; default 20 with a reward model, else 2")
+    )
     train_temperature: float = field(default=0.7, metadata=_help("sampling temperature of the actor"))
     lr: float = field(default=2e-4, metadata=_help("peak learning rate (AdamW)"))
     lr_schedule: str = field(default="cosine", metadata=_help("learning-rate schedule", choices=list(LR_SCHEDULES)))
     warmup_ratio: float = field(default=0.03, metadata=_help("share of the learner steps spent on linear warm-up"))
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping"))
     label_smoothing: float = field(default=0.0, metadata=_help("dpo only: conservative DPO's epsilon"))
+    gamma: float = field(default=0.7, metadata=_help("mixture ratio: share of oracle pairs in a policy batch after burn-in"))
+    burn_in: Optional[int] = field(
+        default=None, metadata=_help("queries learnt from the oracle alone (gamma = 1) first; default 2%% of the budget")
+    )
+    eval_bon: Optional[int] = field(
+        default=None, metadata=_help("evaluate best-of-N with the ERM's mean reward; default 16 for BoN agents, else 1 (greedy)")
+    )
     sync_every: int = field(default=1, metadata=_help("actor <- learner weights every k steps (1 = online, k > 1 = iterative)"))
     eval_every: int = field(default=500, metadata=_help("evaluate every this many queries"))
     checkpoint_every: int = field(default=1000, metadata=_help("checkpoint every this many queries"))
@@ -156,7 +200,28 @@ class TrainConfig:
         from sealign.agents import AGENTS
         from sealign.losses import resolve_beta
 
+        from sealign.explore import RULES
+
         _require(self.agent in AGENTS, f"unknown agent {self.agent!r} (known: {', '.join(AGENTS)})")
+        agent = AGENTS[self.agent]
+        if self.explore is None:
+            self.explore = agent.explore
+        _require(self.explore in RULES, f"unknown --explore {self.explore!r} (known: {', '.join(RULES)})")
+        _require(
+            self.explore == "passive" or agent.learn_erm,
+            f"--explore {self.explore} needs a reward model; agent {self.agent} has none (try --agent sea)",
+        )
+        if self.num_candidates is None:
+            self.num_candidates = 20 if agent.learn_erm else 2
+        if self.eval_bon is None:
+            self.eval_bon = DEFAULT_BON if agent.best_of_n else 1
+        _require(self.eval_bon >= 1, f"--eval-bon must be at least 1, got {self.eval_bon}")
+        _require(self.eval_bon == 1 or agent.learn_erm, f"--eval-bon needs a reward model; agent {self.agent} has none")
+        _require(self.eval_bon > 1 or not agent.best_of_n, f"agent {self.agent} infers by best-of-N: --eval-bon must be >= 2")
+        _require(0.0 < self.gamma <= 1.0, f"--gamma must be in (0, 1], got {self.gamma}")
+        if self.burn_in is None:
+            self.burn_in = round(BURN_IN_SHARE * self.budget)
+        _require(self.burn_in >= 0, f"--burn-in must be >= 0, got {self.burn_in}")
         self.beta = resolve_beta(self.loss, self.beta)  # unknown loss, missing or non-positive beta
         _require(self.budget > 0, f"--budget must be positive, got {self.budget}")
         _require(self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}")
@@ -172,10 +237,27 @@ class TrainConfig:
         _require(self.label_smoothing == 0.0 or self.loss == "dpo", "--label-smoothing applies to --loss dpo only")
         _require((self.out is None) != (self.resume is None), "give exactly one of --out (new run) or --resume (existing run)")
 
+    def batch_split(self, learned: int) -> tuple[int, int]:
+        """(oracle-labelled, ERM-labelled) pairs in the policy batch of the step that starts after
+        `learned` queries: the mixture p_Bmix = gamma p_B + (1 - gamma) p_B_ERM of §4.3.
+
+        Self-aligning agents (pi <-> R) fill a share 1 - gamma of the batch with ERM-labelled
+        pairs once the burn-in is over; every other agent learns from oracle pairs only.
+        """
+        from sealign.agents import AGENTS
+
+        mixed = AGENTS[self.agent].self_align and learned >= self.burn_in
+        erm = min(round((1 - self.gamma) * self.batch_size), self.batch_size - 1) if mixed else 0
+        return min(self.batch_size - erm, self.budget - learned), erm
+
     @property
     def total_steps(self) -> int:
-        """Learner updates: one per batch of the budget, for online and offline agents alike."""
-        return -(-self.budget // self.batch_size)
+        """Learner updates until the budget is spent (ERM-labelled pairs stretch it for pi <-> R)."""
+        learned, steps = 0, 0
+        while learned < self.budget:
+            learned += self.batch_split(learned)[0]
+            steps += 1
+        return steps
 
     @property
     def warmup_steps(self) -> int:

@@ -1,20 +1,162 @@
 """Duel selection rules (paper §4.3, Alg. 1): pure functions of a reward tensor and a generator.
 
-`rewards` has shape (K heads, P prompts, M candidates); each rule returns the indices
-(first, second) of the two dueling responses per prompt, each (P,).
+`rewards` has shape (K heads, P prompts, M candidates): the epistemic reward model's K posterior
+samples of r(x, y) for every candidate. `mask` (P, M) marks the candidates that may be picked
+(False for a repeat of an earlier candidate of the same prompt: a duel of two equal texts says
+nothing). Each rule returns a `DuelChoice` of indices into the M candidates.
+
+Clash rule, shared by all rules: when the rule's own second pick cannot differ from the first
+(every sampled head agrees on the argmax, or no candidate carries any uncertainty), the second
+response is the best *other* candidate under the ensemble-mean reward, and the prompt is counted
+as a clash. A prompt with fewer than two distinct candidates returns first == second and is
+counted as a clash; the loop never asks the oracle about it.
 """
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple, Optional
+
 import torch
+from torch import Tensor
+
+NEG_INF = float("-inf")
 
 
-def passive(rewards: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two distinct candidates drawn uniformly at random: the passive exploration of online DAP
-    (Guo et al. 2024, Table 1 variant 1). Only the shape of `rewards` is used."""
-    _, num_prompts, m = rewards.shape
+class DuelChoice(NamedTuple):
+    first: Tensor  # (P,) index of y
+    second: Tensor  # (P,) index of y'
+    clashed: Tensor  # (P,) bool: the clash rule chose `second`
+
+
+Rule = Callable[..., DuelChoice]
+
+
+def _mask(rewards: Tensor, mask: Optional[Tensor]) -> Tensor:
+    _, p, m = rewards.shape
     if m < 2:
         raise ValueError("a duel needs at least 2 candidates per prompt")
-    first = torch.randint(m, (num_prompts,), generator=generator)
-    offset = torch.randint(1, m, (num_prompts,), generator=generator)  # never 0: second != first
-    return first, (first + offset) % m
+    return torch.ones(p, m, dtype=torch.bool) if mask is None else mask
+
+
+def _masked_argmax(scores: Tensor, allowed: Tensor) -> Tensor:
+    """argmax over the last axis among allowed entries (first index on ties)."""
+    return scores.masked_fill(~allowed, NEG_INF).argmax(dim=-1)
+
+
+def _without(allowed: Tensor, index: Tensor) -> Tensor:
+    """`allowed` (P, M) with the entry `index` (P,) of every row switched off."""
+    out = allowed.clone()
+    out[torch.arange(len(index)), index] = False
+    return out
+
+
+def _resolve_clash(rewards: Tensor, allowed: Tensor, first: Tensor, second: Tensor, clash: Tensor) -> DuelChoice:
+    """Where `clash`, replace `second` by the ensemble-mean best candidate other than `first`."""
+    others = _without(allowed, first)
+    fallback = _masked_argmax(rewards.mean(0), others)  # (P,)
+    lonely = ~others.any(dim=1)  # fewer than two distinct candidates: nothing else to pick
+    fallback = torch.where(lonely, first, fallback)
+    return DuelChoice(first, torch.where(clash, fallback, second), clash | lonely)
+
+
+def _thompson_first(rewards: Tensor, allowed: Tensor, generator: torch.Generator) -> Tensor:
+    """Alg. 1 line 4: y = argmax_b r(x, b) under one posterior sample r (a random head per prompt)."""
+    k, p, _ = rewards.shape
+    heads = torch.randint(k, (p,), generator=generator)
+    return _masked_argmax(rewards[heads, torch.arange(p)], allowed)  # (P,)
+
+
+def passive(rewards: Tensor, generator: torch.Generator, mask: Optional[Tensor] = None) -> DuelChoice:
+    """Two distinct candidates drawn uniformly at random: the passive exploration of online DAP
+    (Guo et al. 2024, Table 1 variant 1). Only the shape of `rewards` is used."""
+    allowed = _mask(rewards, mask)
+    noise = torch.rand(allowed.shape, generator=generator).masked_fill(~allowed, -1.0)  # (P, M)
+    top = noise.topk(2, dim=1).indices  # a uniformly random ordered pair of allowed candidates
+    lonely = allowed.sum(1) < 2
+    first = top[:, 0]
+    return DuelChoice(first, torch.where(lonely, first, top[:, 1]), lonely)
+
+
+def ee_ts(
+    rewards: Tensor, generator: torch.Generator, mask: Optional[Tensor] = None, max_tries: Optional[int] = None
+) -> DuelChoice:
+    """E&E Thompson sampling (Alg. 1 line 5): both responses maximise a sampled reward.
+
+    y' is the argmax under further sampled heads, resampled until it differs from y, at most
+    `max_tries` times (default K); if every try agrees with y, the clash rule picks y'.
+    """
+    allowed = _mask(rewards, mask)
+    k, p, _ = rewards.shape
+    first = _thompson_first(rewards, allowed, generator)
+    second = first.clone()
+    for _ in range(max_tries or k):
+        pending = second == first  # (P,)
+        if not pending.any():
+            break
+        heads = torch.randint(k, (p,), generator=generator)
+        proposal = _masked_argmax(rewards[heads, torch.arange(p)], allowed)
+        second = torch.where(pending, proposal, second)
+    return _resolve_clash(rewards, allowed, first, second, second == first)
+
+
+def preference_variance(rewards: Tensor, first: Tensor) -> Tensor:
+    """V_k[σ(r_k(x, y) − r_k(x, b))] for every candidate b against y = `first`; returns (P, M).
+
+    The variance of the *preference probability* (Eq. 3), as Alg. 1 line 6 writes it, not of the
+    logit difference: σ saturates where every head is sure of the outcome, so a pair whose
+    winner is already certain (though its margin is not) earns no attention: only doubt about
+    the label itself, which the oracle's answer resolves, counts.
+    """
+    p = rewards.shape[1]
+    r_first = rewards[:, torch.arange(p), first]  # (K, P)
+    probs = torch.sigmoid(r_first[:, :, None] - rewards)  # (K, P, M)
+    return probs.var(dim=0, unbiased=False)
+
+
+def bai_ts(rewards: Tensor, generator: torch.Generator, mask: Optional[Tensor] = None) -> DuelChoice:
+    """BAI Thompson sampling (Alg. 1 line 6): y by one sampled head, y' the candidate whose
+    preference against y the ensemble is least sure about (`preference_variance`)."""
+    allowed = _mask(rewards, mask)
+    first = _thompson_first(rewards, allowed, generator)
+    variance = preference_variance(rewards, first)  # (P, M)
+    others = _without(allowed, first)
+    second = _masked_argmax(variance, others)
+    no_doubt = variance.masked_fill(~others, 0.0).amax(dim=1) <= 0  # every head agrees exactly
+    return _resolve_clash(rewards, allowed, first, second, no_doubt)
+
+
+def logit_variance(rewards: Tensor) -> Tensor:
+    """V_k[r_k(x, a) − r_k(x, b)] for every pair (a, b) of candidates; returns (P, M, M)."""
+    diff = rewards[:, :, :, None] - rewards[:, :, None, :]  # (K, P, M, M)
+    return diff.var(dim=0, unbiased=False)
+
+
+def uncertainty(rewards: Tensor, generator: torch.Generator, mask: Optional[Tensor] = None) -> DuelChoice:
+    """Pure exploration (§6.3, "Uncertainty"): the pair whose logit difference varies most across
+    the ensemble. `generator` is unused (the rule is deterministic) but kept for one signature."""
+    allowed = _mask(rewards, mask)
+    _, p, m = rewards.shape
+    variance = logit_variance(rewards)  # (P, M, M)
+    pair_ok = allowed[:, :, None] & allowed[:, None, :] & ~torch.eye(m, dtype=torch.bool)  # (P, M, M)
+    flat = variance.masked_fill(~pair_ok, NEG_INF).flatten(1).argmax(dim=1)  # (P,)
+    first, second = flat // m, flat % m
+    best = variance.masked_fill(~pair_ok, 0.0).flatten(1).amax(dim=1)
+    first = torch.where(pair_ok.flatten(1).any(1), first, _masked_argmax(rewards.mean(0), allowed))
+    return _resolve_clash(rewards, allowed, first, second, best <= 0)
+
+
+def erm_labelled_pairs(rewards: Tensor, generator: torch.Generator, mask: Optional[Tensor] = None) -> DuelChoice:
+    """Pairs for B_ERM (§4.3, self-alignment π ↔ R): per prompt one sampled head r_k labels its own
+    best candidate as chosen and its worst as rejected: the pair of largest margin under r_k.
+    `first` is the chosen index, `second` the rejected one."""
+    allowed = _mask(rewards, mask)
+    k, p, _ = rewards.shape
+    heads = torch.randint(k, (p,), generator=generator)
+    sampled = rewards[heads, torch.arange(p)]  # (P, M)
+    chosen = _masked_argmax(sampled, allowed)
+    rejected = _masked_argmax(-sampled, allowed)
+    tied = sampled.gather(1, chosen[:, None]) == sampled.gather(1, rejected[:, None])  # no preference
+    return DuelChoice(chosen, rejected, tied.squeeze(1) | (chosen == rejected))
+
+
+RULES: dict[str, Rule] = {"passive": passive, "ee_ts": ee_ts, "bai_ts": bai_ts, "uncertainty": uncertainty}

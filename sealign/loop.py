@@ -18,7 +18,7 @@ import torch
 
 from sealign.actor import Actor
 from sealign.agents import AGENTS
-from sealign.config import EvalConfig, OracleConfig, PolicyConfig, SFTConfig, TaskConfig, TrainConfig
+from sealign.config import ERMConfig, EvalConfig, OracleConfig, PolicyConfig, SFTConfig, TaskConfig, TrainConfig
 from sealign.data import PromptRecord
 from sealign.errors import SealignError
 from sealign.evaluate import evaluate_policy, win_stats
@@ -26,7 +26,8 @@ from sealign.learner import Learner, LearnerConfig, NonFiniteLoss
 from sealign.oracles import RewardOracle
 from sealign.policy import load_policy
 from sealign.progress import progress_bar
-from sealign.records import Duels
+from sealign.explorer import Explorer
+from sealign.records import Preferences
 from sealign.runfolder import RunFolder
 from sealign.sft import ensure_reference, weights_fingerprint
 from sealign.tasks import make_task
@@ -75,10 +76,22 @@ class LoopState:
     step: int = 0  # learner updates
     eval_calls: int = 0  # oracle comparisons spent on evaluation, never charged to the budget
     identical_skipped: int = 0  # sampled duels of two identical responses: not asked, not charged
+    clashes: int = 0  # prompts whose second response came from the clash rule (sealign.explore)
     idle_batches: int = 0  # consecutive batches that had nothing to ask
     timers: dict = field(default_factory=lambda: dict.fromkeys(TIMERS, 0.0))
-    since_eval: dict = field(default_factory=dict)  # sums of training figures since the last evaluation
+    since_eval: dict = field(default_factory=dict)  # figure -> [sum, count] since the last evaluation
     wall: float = 0.0  # seconds of earlier sessions of this run
+
+    def record(self, figures: dict[str, float]) -> None:
+        for key, value in figures.items():
+            total, n = self.since_eval.get(key, (0.0, 0))
+            self.since_eval[key] = [total + value, n + 1]
+
+    def averages(self) -> dict[str, float]:
+        """Mean of every figure since the last evaluation, then forget them."""
+        out = {key: total / n for key, (total, n) in self.since_eval.items()}
+        self.since_eval = {}
+        return out
 
 
 def _configs_from_folder(folder: RunFolder) -> dict:
@@ -89,6 +102,7 @@ def _configs_from_folder(folder: RunFolder) -> dict:
             "policy": PolicyConfig(**saved["policy"]),
             "sft": SFTConfig(**saved["sft"]),
             "oracle": OracleConfig(**saved["oracle"]),
+            "erm": ERMConfig(**saved.get("erm", {})),
             "train": TrainConfig(**{**saved["train"], "out": None, "resume": str(folder.path)}),
             "reference": saved["reference"],
         }
@@ -118,21 +132,26 @@ def train(
     policy_cfg: PolicyConfig,
     sft_cfg: SFTConfig,
     oracle_cfg: OracleConfig,
+    erm_cfg: ERMConfig | None = None,
     *,
     progress: bool = True,
 ) -> dict:
     """Run (or resume) one agent until the budget is spent; returns the summary."""
+    erm_cfg = erm_cfg or ERMConfig()
     resume = cfg.resume is not None
     folder = RunFolder(cfg.resume or cfg.out, resume=resume)
     if resume:
         saved = _configs_from_folder(folder)
-        task_cfg, policy_cfg, sft_cfg, oracle_cfg, cfg = (saved[k] for k in ("task", "policy", "sft", "oracle", "train"))
+        task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, cfg = (
+            saved[k] for k in ("task", "policy", "sft", "oracle", "erm", "train")
+        )
     else:
         config = {
             "task": dataclasses.asdict(task_cfg),
             "policy": dataclasses.asdict(policy_cfg),
             "sft": dataclasses.asdict(sft_cfg),
             "oracle": dataclasses.asdict(oracle_cfg),
+            "erm": dataclasses.asdict(erm_cfg),
             "train": {**dataclasses.asdict(cfg), "out": None, "resume": None},
         }
     if cfg.deterministic:
@@ -146,6 +165,7 @@ def train(
             f"the reference policy at {ref.path} differs from the one this run started from "
             f"(weights {fingerprint} != {saved['reference']}): resuming would change pi_ref"
         )
+    explorer = Explorer(cfg.explore, cfg.seed, erm_cfg if agent.learn_erm else None, ref.path)
     if not resume:
         folder.create({**config, "reference": fingerprint})
     model, tokenizer = load_policy(ref.path)
@@ -169,7 +189,6 @@ def train(
     oracle = RewardOracle(task.reward, oracle_cfg)
     stream = PromptStream(task.records("train"), cfg.seed)
     holdout = task.records("holdout")
-    select_gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     state = LoopState()
 
@@ -179,7 +198,7 @@ def train(
         actor.model.load_state_dict(checkpoint["actor"]["model"])
         actor.version = checkpoint["actor"]["version"]
         stream.restore(checkpoint["stream"])
-        select_gen.set_state(checkpoint["rng"]["select"])
+        explorer.load_state_dict(checkpoint["explorer"])
         oracle.labelled = checkpoint["oracle_labelled"]
         torch.set_rng_state(checkpoint["rng"]["torch"])
         state = LoopState(**checkpoint["loop"])
@@ -193,85 +212,93 @@ def train(
                 "learner": learner.state_dict(),
                 "actor": {"model": actor.model.state_dict(), "version": actor.version},
                 "stream": stream.state(),
-                "rng": {"select": select_gen.get_state(), "torch": torch.get_rng_state()},
+                "explorer": explorer.state_dict(),
+                "rng": {"torch": torch.get_rng_state()},
                 "oracle_labelled": oracle.labelled,
                 "loop": dataclasses.asdict(state),
             }
         )
 
+    eval_cfg = EvalConfig(best_of=cfg.eval_bon)
+    scorer = explorer.mean_reward if cfg.eval_bon > 1 else None
+
     def evaluate() -> dict:
         with Timer(state.timers, "eval"):
             stats = evaluate_policy(
-                learner.model, tokenizer, oracle, holdout, EvalConfig(), max_new_tokens=task.max_new_tokens
+                learner.model, tokenizer, oracle, holdout, eval_cfg, max_new_tokens=task.max_new_tokens, scorer=scorer
             )
         state.eval_calls += len(holdout)
-        sums = state.since_eval
-        n = max(sums.get("n", 0), 1)
         row = {
             "queries": state.learned,
             "step": state.step,
             "win_rate": stats["win_rate"],
             "win_prob": stats["win_prob"],
             "eval_length": stats["mean_length"],
-            **{k: v / n for k, v in sums.items() if k not in ("n", "online_n", "online_wins")},
+            **state.averages(),
             "oracle_train_calls": state.collected,
             "identical_skipped": state.identical_skipped,
+            "clashes": state.clashes,
             "oracle_eval_calls": state.eval_calls,
             **{f"time_{k}": round(v, 3) for k, v in state.timers.items()},
             "wall": round(state.wall + time.perf_counter() - t0, 2),
         }
-        if sums.get("online_n"):
-            row["online_win_rate"] = sums["online_wins"] / sums["online_n"]
-        state.since_eval = {}
         folder.append_metrics(row)
         folder.log_scalars(row)
         return row
 
-    def collect(target: int) -> None:
-        """Ask the oracle about one batch of duels, up to `target` labels in all (replayed from the
-        ledger on resume). Surplus duels go unasked, so an online batch never holds stale labels."""
-        n = cfg.batch_size
-        records = stream.take(n)
-        prompts = [r.prompt for r in records]
-        with Timer(state.timers, "generate"):
-            candidates = actor.propose(prompts)
-        with Timer(state.timers, "select"):
-            rewards = torch.empty(0, n, candidates.num_candidates)  # (K, P, M): no reward model for these agents
-            first, second = agent.select(rewards, select_gen)
-            duels = Duels.pick(candidates, first, second)
-        asked, identical = duels.distinct()
-        asked = asked.head(target - state.collected)
-        state.identical_skipped += identical
-        state.idle_batches = state.idle_batches + 1 if not asked.prompts else 0
-        if state.idle_batches >= MAX_IDLE_BATCHES:
-            raise SealignError(
-                f"the actor proposed only identical pairs for {MAX_IDLE_BATCHES} batches in a row: "
-                "raise --train-temperature or --num-candidates"
-            )
-        with Timer(state.timers, "oracle"):
-            if asked.prompts:
-                folder.queries.label(asked, state.collected, state.step, oracle)
-        with Timer(state.timers, "eval"):  # E&E metric: the dueling responses against the references
-            refs = [r.reference for r in records]
-            probs = torch.cat([oracle.compare(prompts, duels.first, refs), oracle.compare(prompts, duels.second, refs)])
-        state.eval_calls += 2 * n
-        state.since_eval["online_wins"] = state.since_eval.get("online_wins", 0.0) + win_stats(probs)["win_rate"] * 2 * n
-        state.since_eval["online_n"] = state.since_eval.get("online_n", 0) + 2 * n
-        state.collected += len(asked.prompts)
+    def collect(target: int, erm_wanted: int) -> Preferences:
+        """Ask the oracle about duels until `target` labels exist in all (replayed from the ledger
+        on resume), and gather `erm_wanted` ERM-labelled pairs from other prompts of the same
+        batches. Surplus duels go unasked, so an online batch never holds stale labels."""
+        erm_batch = Preferences([], [], [])
+        while state.collected < target or len(erm_batch) < erm_wanted:
+            records = stream.take(cfg.batch_size)
+            prompts = [r.prompt for r in records]
+            with Timer(state.timers, "generate"):
+                candidates = actor.propose(prompts)
+            with Timer(state.timers, "select"):
+                sel = explorer.select(candidates)
+            distinct = sel.duels.distinct()
+            state.identical_skipped += len(prompts) - len(distinct)
+            state.clashes += int(sel.choice.clashed.sum())
+            asked = distinct[: target - state.collected]
+            taken = set(asked)
+            rows = [i for i in range(len(prompts)) if i not in taken][: erm_wanted - len(erm_batch)]
+            with Timer(state.timers, "oracle"):
+                z = folder.queries.label(sel.duels.subset(asked), state.collected, state.step, oracle) if asked else None
+            with Timer(state.timers, "select"):
+                figures = explorer.observe(sel, asked, z) if asked else {}
+                if rows:
+                    pairs, rows = explorer.erm_labelled(sel, rows)
+                    erm_batch = erm_batch + pairs
+            state.collected += len(asked)
+            state.idle_batches = 0 if asked or rows else state.idle_batches + 1
+            if state.idle_batches >= MAX_IDLE_BATCHES:
+                raise SealignError(
+                    f"the actor proposed only identical pairs for {MAX_IDLE_BATCHES} batches in a row: "
+                    "raise --train-temperature or --num-candidates"
+                )
+            with Timer(state.timers, "eval"):  # E&E metric: the dueling responses against the references
+                refs = [r.reference for r in records]
+                probs = torch.cat([oracle.compare(prompts, sel.duels.first, refs), oracle.compare(prompts, sel.duels.second, refs)])
+            state.eval_calls += 2 * len(prompts)
+            state.record({**figures, "online_win_rate": win_stats(probs)["win_rate"], "clash_rate": sel.choice.clashed.double().mean().item()})
+        return erm_batch
 
-    def learn() -> dict:
-        n = min(cfg.batch_size, cfg.budget - state.learned)
-        batch = folder.queries.preferences(state.learned, state.learned + n)
-        with Timer(state.timers, "learn"):
-            try:
-                figures = learner.step(batch)
-            except NonFiniteLoss as e:
-                raise SealignError(f"{e}; stopped, the last good checkpoint is kept in {folder.path / 'checkpoints'}") from None
-        state.learned += n
+    def learn(n_oracle: int, erm_batch: Preferences) -> dict:
+        batch = folder.queries.preferences(state.learned, state.learned + n_oracle) + erm_batch
+        with Timer(state.timers, "select"):
+            figures = explorer.train_round()
+        if agent.learn_policy:
+            with Timer(state.timers, "learn"):
+                try:
+                    figures.update(learner.step(batch))
+                except NonFiniteLoss as e:
+                    raise SealignError(f"{e}; stopped, the last good checkpoint is kept in {folder.path / 'checkpoints'}") from None
+        figures["erm_fraction"] = len(erm_batch) / len(batch)
+        state.learned += n_oracle
         state.step += 1
-        for k, v in figures.items():
-            state.since_eval[k] = state.since_eval.get(k, 0.0) + v
-        state.since_eval["n"] = state.since_eval.get("n", 0) + 1
+        state.record(figures)
         return figures
 
     t0 = time.perf_counter()
@@ -281,12 +308,12 @@ def train(
     with progress_bar(progress) as bar:
         job = bar.add_task(f"{cfg.agent} {cfg.loss}", total=cfg.budget, completed=state.learned, info="")
         while state.learned < cfg.budget:
-            target = min(cfg.budget, state.learned + cfg.batch_size + ahead)  # the budget is hard
-            while state.collected < target:
-                collect(target)
+            n_oracle, n_erm = cfg.batch_split(state.learned)
+            target = min(cfg.budget, state.learned + n_oracle + ahead)  # the budget is hard
+            erm_batch = collect(target, n_erm)
             before = state.learned
-            figures = learn()
-            if agent.online and state.step % cfg.sync_every == 0:
+            figures = learn(n_oracle, erm_batch)
+            if agent.online and agent.learn_policy and state.step % cfg.sync_every == 0:
                 actor.sync(learner.model, state.step)
             done = state.learned == cfg.budget
             if done or crossed(before, state.learned, cfg.eval_every):
@@ -295,15 +322,16 @@ def train(
                 state.wall += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 save_checkpoint()
-            bar.update(
-                job, completed=state.learned, info=f"win {last_row['win_rate']:.3f}  loss {figures['loss']:.3f}"
-            )
+            loss = f"  loss {figures['loss']:.3f}" if "loss" in figures else ""
+            bar.update(job, completed=state.learned, info=f"win {last_row['win_rate']:.3f}{loss}")
     learner.model.save_pretrained(folder.path / "policy")
     tokenizer.save_pretrained(folder.path / "policy")
     initial = folder.metrics()[0]
     summary = {
         "agent": cfg.agent,
         "loss": cfg.loss,
+        "explore": cfg.explore,
+        "eval_bon": cfg.eval_bon,
         "queries": state.learned,
         "labels_in_ledger": len(folder.queries),
         "labels_asked_this_session": folder.queries.asked,
@@ -314,6 +342,7 @@ def train(
         "final_win_prob": last_row["win_prob"],
         "oracle_eval_calls": state.eval_calls,
         "identical_skipped": state.identical_skipped,
+        "clashes": state.clashes,
         "wall_seconds": round(state.wall, 1),
         "seconds": {k: round(v, 2) for k, v in state.timers.items()},
     }

@@ -21,6 +21,10 @@ class Candidates:
     def num_candidates(self) -> int:
         return len(self.responses[0])
 
+    def first_occurrences(self) -> torch.Tensor:
+        """(P, M) bool: False where a response repeats an earlier candidate of the same prompt."""
+        return torch.tensor([[row.index(r) == j for j, r in enumerate(row)] for row in self.responses], dtype=torch.bool)
+
 
 @dataclass
 class Duels:
@@ -40,20 +44,13 @@ class Duels:
             second=[row[i] for row, i in zip(rows, second.tolist())],
         )
 
+    def distinct(self) -> list[int]:
+        """Indices of the duels whose two responses differ. Two identical answers carry no
+        preference, so nobody is asked about them (and they cost no query)."""
+        return [i for i, (a, b) in enumerate(zip(self.first, self.second)) if a != b]
 
-    def distinct(self) -> tuple["Duels", int]:
-        """The duels whose two responses differ, and how many were identical.
-
-        Two identical answers carry no preference, so nobody is asked about them (and they cost
-        no query); the loss masks such pairs too, for data that comes from elsewhere.
-        """
-        keep = [i for i, (a, b) in enumerate(zip(self.first, self.second)) if a != b]
-        picked = Duels([self.prompts[i] for i in keep], [self.first[i] for i in keep], [self.second[i] for i in keep])
-        return picked, len(self.prompts) - len(keep)
-
-
-    def head(self, n: int) -> "Duels":
-        return Duels(self.prompts[:n], self.first[:n], self.second[:n])
+    def subset(self, indices: list[int]) -> "Duels":
+        return Duels([self.prompts[i] for i in indices], [self.first[i] for i in indices], [self.second[i] for i in indices])
 
 
 @dataclass
@@ -81,3 +78,6 @@ class Preferences:
             chosen=[a if w else b for a, b, w in zip(duels.first, duels.second, z)],
             rejected=[b if w else a for a, b, w in zip(duels.first, duels.second, z)],
         )
+
+    def __add__(self, other: "Preferences") -> "Preferences":
+        return Preferences(self.prompts + other.prompts, self.chosen + other.chosen, self.rejected + other.rejected)

@@ -61,15 +61,15 @@ class QueryLedger:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def label(self, duels: Duels, start: int, step: int, oracle: Any) -> None:
+    def label(self, duels: Duels, start: int, step: int, oracle: Any) -> torch.Tensor:
         """Record labels for query indices start .. start + len(duels) - 1, asking the oracle only
-        for those not recorded yet."""
+        for those not recorded yet; returns every label z (True = first preferred), shape (n,)."""
         n = len(duels.prompts)
         recorded = self.rows[start : start + n]
         oracle.skip(len(recorded))
         fresh = n - len(recorded)
         if fresh:
-            tail = Duels(duels.prompts[len(recorded) :], duels.first[len(recorded) :], duels.second[len(recorded) :])
+            tail = duels.subset(list(range(len(recorded), n)))
             z = oracle.label(tail.prompts, tail.first, tail.second)
             new_rows = [
                 {"index": start + len(recorded) + i, "step": step, "prompt": p, "first": a, "second": b, "first_wins": bool(w)}
@@ -82,6 +82,7 @@ class QueryLedger:
             (r["prompt"], r["first"], r["second"]) != (p, a, b)
             for r, p, a, b in zip(recorded, duels.prompts, duels.first, duels.second)
         )
+        return torch.tensor([r["first_wins"] for r in self.rows[start : start + n]], dtype=torch.bool)
 
     def preferences(self, start: int, stop: int) -> Preferences:
         """The recorded labels start .. stop - 1 as (chosen, rejected) pairs for the learner."""

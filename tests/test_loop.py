@@ -14,7 +14,8 @@ import torch
 
 from conftest import QUICK_SFT, TINY
 from sealign.cli import main
-from sealign.config import OracleConfig, TrainConfig
+from sealign.agents import AGENTS
+from sealign.config import ERMConfig, OracleConfig, TrainConfig
 from sealign.learner import Learner, LearnerConfig
 from sealign.loop import PromptStream, train
 from sealign.policy import build_policy, sequence_logprobs
@@ -96,10 +97,13 @@ def _cli(*argv: str) -> list[str]:
     return [sys.executable, "-m", "sealign", "train", *SMALL, *argv]
 
 
-def test_kill_and_resume_equals_uninterrupted(tmp_path):
-    """A run killed with SIGKILL mid-way and resumed writes the same queries.jsonl as one that never stopped."""
+@pytest.mark.parametrize("agent", ["online", "sea"])
+def test_kill_and_resume_equals_uninterrupted(tmp_path, agent):
+    """A run killed with SIGKILL mid-way and resumed writes the same queries.jsonl as one that never stopped
+    (for SEA this covers the ERM's weights, optimizer, label buffer and generators too)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["--budget", "192", "--batch-size", "32", "--checkpoint-every", "64", "--eval-every", "64", "--deterministic", "--quiet"]
+    args += ["--agent", agent, "--num-candidates", "4", "--burn-in", "32", "--eval-bon", "2"] if agent == "sea" else []
     subprocess.run(_cli(*args, "--out", str(tmp_path / "whole")), env=env, check=True, capture_output=True)
 
     proc = subprocess.Popen(_cli(*args, "--out", str(tmp_path / "cut")), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -138,6 +142,12 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
         (["--num-candidates", "1"], "--num-candidates must be at least 2"),
         (["--budget", "10", "--batch-size", "64"], "exceeds --budget"),
         ([], "exactly one of --out"),
+        (["--explore", "greedy"], "unknown --explore 'greedy'"),
+        (["--explore", "ee_ts"], "needs a reward model"),
+        (["--eval-bon", "4"], "--eval-bon needs a reward model"),
+        (["--agent", "erm-bon", "--eval-bon", "1"], "infers by best-of-N"),
+        (["--agent", "sea", "--gamma", "0"], "--gamma must be in (0, 1]"),
+        (["--agent", "sea", "--erm-heads", "1"], "--erm-heads must be at least 2"),
     ],
 )
 def test_bad_train_input(capsys, tmp_path, argv, fragment):
@@ -211,3 +221,55 @@ def test_trained_policy_is_saved_and_loadable(tmp_path, task_cfg):
     train(run_cfg(tmp_path / "r", budget=32), task_cfg, TINY, QUICK_SFT, OracleConfig(), progress=False)
     code = main(["eval", "--n-train", "300", "--n-holdout", "40", "--policy", str(tmp_path / "r" / "policy")])
     assert code == 0
+
+
+def _tiny_sea(out, **kw) -> TrainConfig:
+    base = dict(agent="sea", num_candidates=4, burn_in=0, gamma=0.5, eval_bon=2)
+    return run_cfg(out, **{**base, **kw})
+
+
+ERM_TINY = ERMConfig(erm_heads=4, erm_hidden=16)
+
+
+def test_erm_labelled_pairs_never_reach_the_oracle_nor_the_budget(tmp_path, task_cfg, monkeypatch):
+    from sealign import learner as learner_mod
+    from sealign.oracles import RewardOracle
+
+    batches, asked = [], []
+    real_step, real_label = learner_mod.Learner.step, RewardOracle.label
+
+    def step(self, batch):
+        batches.append(batch)
+        return real_step(self, batch)
+
+    def label(self, prompts, a, b):
+        asked.extend(zip(prompts, a, b))
+        return real_label(self, prompts, a, b)
+
+    monkeypatch.setattr(learner_mod.Learner, "step", step)
+    monkeypatch.setattr(RewardOracle, "label", label)
+    summary = train(_tiny_sea(tmp_path / "r", budget=64, batch_size=16), task_cfg, TINY, QUICK_SFT, OracleConfig(), ERM_TINY, progress=False)
+    rows = ledger(tmp_path / "r")
+    assert summary["queries"] == len(rows) == len(asked) == 64  # every oracle label is one query
+    assert [(r["prompt"], r["first"], r["second"]) for r in rows] == asked
+    assert len(batches) == 8 and all(len(b) == 16 for b in batches)  # 8 oracle + 8 ERM pairs per step
+    from_oracle = {(r["prompt"], r["first"], r["second"]) for r in rows} | {(r["prompt"], r["second"], r["first"]) for r in rows}
+    mixed = [(p, c, r) for b in batches for p, c, r in zip(b.prompts, b.chosen, b.rejected) if (p, c, r) not in from_oracle]
+    assert len(mixed) == 64  # the other half of every batch was labelled by the ERM
+    state = torch.load(tmp_path / "r" / "checkpoints" / "state.pt", weights_only=False)
+    assert len(state["explorer"]["erm"]["chosen"]) == 64  # the ERM trains on the oracle's labels only
+    metrics = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["erm_fraction"] == pytest.approx(0.5)
+    assert {"erm_accuracy", "disagreement_selected", "clash_rate", "erm_loss"} <= set(metrics[-1])
+
+
+@pytest.mark.parametrize("agent", sorted(AGENTS))
+def test_every_agent_runs_through_the_cli(tmp_path, agent):
+    argv = ["train", *SMALL, "--agent", agent, "--budget", "48", "--batch-size", "16", "--eval-every", "48", "--quiet"]
+    if AGENTS[agent].learn_erm:
+        argv += ["--num-candidates", "4", "--erm-heads", "4", "--burn-in", "16"]
+    if AGENTS[agent].best_of_n:
+        argv += ["--eval-bon", "2"]
+    assert main([*argv, "--out", str(tmp_path / "r")]) == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["queries"] == summary["labels_in_ledger"] == 48

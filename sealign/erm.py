@@ -1,0 +1,186 @@
+"""The epistemic reward model (ERM, paper §4.2): K MLP heads on features of a frozen transformer.
+
+The ensemble stands in for the reward posterior p(r | D): posterior sampling is picking one
+head at random. Each head is trained on the oracle's labels with the Bradley–Terry loss plus a
+pull towards *its own* initial weights (Eq. 9), which keeps the heads apart where data is
+scarce and lets the data win where it is plentiful.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import AutoModel, AutoTokenizer
+
+from sealign.config import ERMConfig
+from sealign.errors import SealignError
+from sealign.policy import encode_pairs, prepare_tokenizer
+
+POOLINGS = ("mean", "sum", "last")
+
+
+def pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
+    """Pool hidden states (B, T, d) over the positions in `mask` (B, T) into features (B, d)."""
+    m = mask.to(hidden.dtype)[:, :, None]  # (B, T, 1)
+    if how == "sum":
+        return (hidden * m).sum(1)
+    if how == "mean":
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    if how == "last":
+        last = mask.long().cumsum(1).argmax(1)  # (B,) index of the last masked position
+        return hidden[torch.arange(len(hidden)), last]
+    raise ValueError(f"unknown pooling {how!r} (known: {', '.join(POOLINGS)})")
+
+
+class Backbone:
+    """A frozen transformer whose pooled last hidden states over the response are the ERM's
+    features φ(x, y). Any transformers model loads (its base, without the LM head); the
+    feature width is read from its config."""
+
+    def __init__(self, path: str | Path, pooling: str = "mean", batch_size: int = 256):
+        try:
+            self.model = AutoModel.from_pretrained(str(path)).eval().requires_grad_(False)
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError) as e:
+            raise SealignError(f"cannot load ERM backbone {str(path)!r}: {str(e).splitlines()[0]}") from None
+        prepare_tokenizer(self.tokenizer)
+        self.width: int = self.model.config.hidden_size
+        self.pooling = pooling
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def features(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
+        """φ(x, y) for each (prompt, response), shape (B, d); the response's <eos> is included."""
+        out = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = encode_pairs(
+                self.tokenizer, prompts[start : start + self.batch_size], responses[start : start + self.batch_size]
+            )
+            hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            out.append(pool(hidden.float(), batch["response_mask"], self.pooling))  # (b, d)
+        return torch.cat(out)
+
+
+# ---- the ensemble as pure functions of a parameter dict ----------------------------------
+
+
+def init_heads(num_heads: int, width: int, hidden: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """K independent MLPs d → hidden → hidden → 1, stacked: w1 (K, d, h), b1 (K, h), ... w3 (K, h, 1).
+
+    Each layer is drawn like torch.nn.Linear (uniform ±1/√fan_in) from `generator`, so every
+    head starts somewhere else: that spread is the prior's epistemic uncertainty.
+    """
+    shapes = [(width, hidden), (hidden, hidden), (hidden, 1)]
+    params = {}
+    for i, (fan_in, fan_out) in enumerate(shapes, start=1):
+        bound = 1.0 / math.sqrt(fan_in)
+        params[f"w{i}"] = (torch.rand(num_heads, fan_in, fan_out, generator=generator) * 2 - 1) * bound
+        params[f"b{i}"] = (torch.rand(num_heads, fan_out, generator=generator) * 2 - 1) * bound
+    return params
+
+
+def ensemble_rewards(params: dict[str, Tensor], features: Tensor) -> Tensor:
+    """r_φk(x, y) for every head k: features (N, d) shared by all heads, or (K, N, d) one set per
+    head; returns (K, N)."""
+    spec = "nd,kdh->knh" if features.dim() == 2 else "knd,kdh->knh"
+    h = torch.relu(torch.einsum(spec, features, params["w1"]) + params["b1"][:, None])  # (K, N, h)
+    h = torch.relu(torch.einsum("knd,kdh->knh", h, params["w2"]) + params["b2"][:, None])  # (K, N, h)
+    return (torch.einsum("knd,kdh->knh", h, params["w3"]) + params["b3"][:, None]).squeeze(-1)  # (K, N)
+
+
+def bradley_terry_nll(chosen: Tensor, rejected: Tensor) -> Tensor:
+    """L_r of Eq. 5 per head: mean over pairs of −log σ(r(x, y+) − r(x, y−)); inputs (K, N), output (K,)."""
+    return -F.logsigmoid(chosen - rejected).mean(-1)
+
+
+def anchor_penalty(params: dict[str, Tensor], init: dict[str, Tensor]) -> Tensor:
+    """‖φ_k − φ_k⁰‖² per head, shape (K,): each head is pulled towards its own initial weights."""
+    return sum((params[n] - init[n]).flatten(1).pow(2).sum(1) for n in params)
+
+
+def erm_loss(
+    params: dict[str, Tensor], init: dict[str, Tensor], chosen: Tensor, rejected: Tensor, lam: float, num_data: int
+) -> Tensor:
+    """Eq. 9 on a minibatch: Σ_k [ L_r(φ_k) + (λ / |D|) ‖φ_k − φ_k⁰‖² ].
+
+    The paper prints "− λ‖φ − φ⁰‖"; a regularizer that keeps heads near their priors must be
+    added, and squared as in Dwaracherla et al. (2020). Dividing λ by the number of labelled pairs
+    |D| makes the minibatch mean an unbiased estimate of the full-data objective / |D|, so the
+    prior's weight fades as labels accumulate. `chosen`, `rejected`: features (K, B, d).
+    """
+    nll = bradley_terry_nll(ensemble_rewards(params, chosen), ensemble_rewards(params, rejected))  # (K,)
+    return (nll + lam / num_data * anchor_penalty(params, init)).sum()
+
+
+# ---- the stateful model: parameters, optimizer, the labelled buffer ------------------------
+
+
+class EpistemicRewardModel:
+    """The ensemble R_Φ with its optimizer and the buffer D of oracle-labelled feature pairs.
+
+    Features are computed once per response (by `Backbone`) and kept with the pair, so a
+    training round touches only the small MLPs.
+    """
+
+    def __init__(self, width: int, cfg: ERMConfig, seed: int):
+        self.cfg = cfg
+        self.generator = torch.Generator().manual_seed(seed)
+        init = init_heads(cfg.erm_heads, width, cfg.erm_hidden, self.generator)
+        self.init = {n: t.clone() for n, t in init.items()}  # φ⁰, frozen
+        self.params = {n: t.requires_grad_(True) for n, t in init.items()}
+        self.optimizer = torch.optim.Adam(self.params.values(), lr=cfg.erm_lr)
+        self.chosen = torch.empty(0, width)  # (|D|, d)
+        self.rejected = torch.empty(0, width)  # (|D|, d)
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    @torch.no_grad()
+    def rewards(self, features: Tensor) -> Tensor:
+        """(..., d) features → (K, ...) rewards, one row per head (posterior sample)."""
+        lead = features.shape[:-1]
+        return ensemble_rewards(self.params, features.reshape(-1, features.shape[-1])).reshape(-1, *lead)
+
+    def add(self, chosen: Tensor, rejected: Tensor) -> None:
+        """Append oracle-labelled pairs (features (n, d) each) to D."""
+        self.chosen = torch.cat([self.chosen, chosen.float()])
+        self.rejected = torch.cat([self.rejected, rejected.float()])
+
+    def train_round(self) -> float:
+        """`erm_sgd_steps` Adam steps of Eq. 9, each head on its own random minibatch of D; returns the
+        mean loss per head of the last step (nan while D is empty)."""
+        n = len(self)
+        if n == 0:
+            return float("nan")
+        k, b = self.cfg.erm_heads, min(self.cfg.erm_batch_size, n)
+        for _ in range(self.cfg.erm_sgd_steps):
+            idx = torch.randint(n, (k, b), generator=self.generator)  # (K, B): independent minibatches
+            loss = erm_loss(self.params, self.init, self.chosen[idx], self.rejected[idx], self.cfg.erm_lambda, n)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        return loss.item() / k
+
+    def state_dict(self) -> dict:
+        return {
+            "params": {n: t.detach().clone() for n, t in self.params.items()},
+            "init": self.init,
+            "optimizer": self.optimizer.state_dict(),
+            "chosen": self.chosen,
+            "rejected": self.rejected,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for n, t in state["params"].items():
+                self.params[n].copy_(t)
+        self.init = state["init"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.chosen, self.rejected = state["chosen"], state["rejected"]
+        self.generator.set_state(state["generator"])

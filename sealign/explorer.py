@@ -1,0 +1,126 @@
+"""The explorer (paper §4.3, Alg. 1): turns the actor's candidate set into duels, and learns the
+epistemic reward model from the oracle's answers.
+
+It owns the selection rule, its random generator, and (for active agents) the backbone and the
+ERM. The loop hands it candidates and labels; it hands back duels, ERM-labelled pairs for
+self-alignment, and a scorer for best-of-N inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from sealign.config import ERMConfig
+from sealign.erm import Backbone, EpistemicRewardModel
+from sealign.explore import RULES, DuelChoice, erm_labelled_pairs
+from sealign.records import Candidates, Duels, Preferences
+
+
+@dataclass
+class Selection:
+    """One batch's candidates, the chosen duels and what the ERM thought of every candidate."""
+
+    candidates: Candidates
+    choice: DuelChoice
+    duels: Duels  # (P,) the selected pair of every prompt
+    mask: Tensor  # (P, M) first occurrences of each distinct response
+    rewards: Tensor  # (K, P, M): K = 0 without a reward model
+    features: Optional[Tensor]  # (P, M, d) backbone features, None without a reward model
+
+
+class Explorer:
+    def __init__(self, rule: str, seed: int, erm_cfg: Optional[ERMConfig] = None, backbone_path: Optional[str | Path] = None):
+        self.rule = RULES[rule]
+        self.generator = torch.Generator().manual_seed(seed)
+        self.backbone: Optional[Backbone] = None
+        self.erm: Optional[EpistemicRewardModel] = None
+        if erm_cfg is not None:
+            self.backbone = Backbone(erm_cfg.erm_backbone or backbone_path, erm_cfg.erm_pooling)
+            self.erm = EpistemicRewardModel(self.backbone.width, erm_cfg, seed)
+
+    # -- selection ------------------------------------------------------------------------------
+
+    def features(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
+        """Backbone features, computed once per distinct (prompt, response); shape (B, d)."""
+        keys = list(zip(prompts, responses))
+        unique = list(dict.fromkeys(keys))
+        where = {key: i for i, key in enumerate(unique)}
+        feats = self.backbone.features([p for p, _ in unique], [r for _, r in unique])
+        return feats[torch.tensor([where[key] for key in keys])]
+
+    def select(self, candidates: Candidates) -> Selection:
+        """Score every candidate under every head and apply the selection rule (Alg. 1 lines 4-6)."""
+        p, m = len(candidates.prompts), candidates.num_candidates
+        features = None
+        if self.erm is None:
+            rewards = torch.empty(0, p, m)
+        else:
+            flat_prompts = [x for x in candidates.prompts for _ in range(m)]
+            flat = [y for row in candidates.responses for y in row]
+            features = self.features(flat_prompts, flat).reshape(p, m, -1)  # (P, M, d)
+            rewards = self.erm.rewards(features)  # (K, P, M)
+        mask = candidates.first_occurrences()
+        choice = self.rule(rewards, self.generator, mask)
+        return Selection(candidates, choice, Duels.pick(candidates, choice.first, choice.second), mask, rewards, features)
+
+    def erm_labelled(self, sel: Selection, rows: list[int]) -> tuple[Preferences, list[int]]:
+        """B_ERM for the prompts `rows`: a sampled head's best vs worst candidate (§4.3). Never
+        shown to the oracle, never added to the ERM's own data. Returns the pairs and the rows
+        that had a preference (a head indifferent between all candidates gives none)."""
+        sub = sel.rewards[:, rows]
+        pairs = erm_labelled_pairs(sub, self.generator, sel.mask[rows])
+        keep = [i for i, tied in enumerate(pairs.clashed.tolist()) if not tied]
+        responses = [sel.candidates.responses[r] for r in rows]
+        return (
+            Preferences(
+                prompts=[sel.candidates.prompts[rows[i]] for i in keep],
+                chosen=[responses[i][pairs.first[i]] for i in keep],
+                rejected=[responses[i][pairs.second[i]] for i in keep],
+            ),
+            [rows[i] for i in keep],
+        )
+
+    # -- learning -------------------------------------------------------------------------------
+
+    def observe(self, sel: Selection, rows: list[int], first_wins: Tensor) -> dict[str, float]:
+        """Add the oracle's labels for prompts `rows` to the ERM's data; returns diagnostics measured
+        *before* training on them: the ERM's accuracy and the ensemble's disagreement (variance
+        of the logit difference) on the selected pairs and on random pairs of the same prompts."""
+        if self.erm is None or not rows:
+            return {}
+        idx = torch.tensor(rows)
+        first, second = sel.choice.first[idx], sel.choice.second[idx]
+        f_first, f_second = sel.features[idx, first], sel.features[idx, second]  # (n, d)
+        r_first, r_second = sel.rewards[:, idx, first], sel.rewards[:, idx, second]  # (K, n)
+        predicted = r_first.mean(0) > r_second.mean(0)
+        z = first_wins[:, None]
+        self.erm.add(torch.where(z, f_first, f_second), torch.where(z, f_second, f_first))
+        m = sel.rewards.shape[2]
+        a, b = torch.randint(m, (2, len(rows)), generator=self.generator)
+        return {
+            "erm_accuracy": (predicted == first_wins).double().mean().item(),
+            "disagreement_selected": (r_first - r_second).var(0, unbiased=False).mean().item(),
+            "disagreement_random": (sel.rewards[:, idx, a] - sel.rewards[:, idx, b]).var(0, unbiased=False).mean().item(),
+        }
+
+    def train_round(self) -> dict[str, float]:
+        return {} if self.erm is None else {"erm_loss": self.erm.train_round(), "erm_labels": len(self.erm)}
+
+    def mean_reward(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
+        """The ensemble-mean reward, the scorer of best-of-N inference; shape (B,)."""
+        return self.erm.rewards(self.features(prompts, responses)).mean(0)
+
+    # -- checkpoint -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "erm": None if self.erm is None else self.erm.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        if self.erm is not None:
+            self.erm.load_state_dict(state["erm"])

@@ -1,0 +1,121 @@
+"""The epistemic reward model: Eq. 9 by hand, learning a planted preference, the anchor pull,
+features from a real transformers backbone, and best-of-N under the ensemble mean."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sealign.config import ERMConfig, PolicyConfig
+from sealign.erm import (
+    Backbone,
+    EpistemicRewardModel,
+    anchor_penalty,
+    bradley_terry_nll,
+    ensemble_rewards,
+    erm_loss,
+    init_heads,
+    pool,
+)
+from sealign.evaluate import best_of_n
+from sealign.explorer import Explorer
+from sealign.policy import build_policy
+
+
+def test_bradley_terry_nll_by_hand():
+    # one head, two pairs with margins 0 and 2: (log 2 + log(1 + e^-2)) / 2
+    chosen, rejected = torch.tensor([[1.0, 3.0]]), torch.tensor([[1.0, 1.0]])
+    expected = (math.log(2) + math.log(1 + math.exp(-2))) / 2
+    assert bradley_terry_nll(chosen, rejected).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_erm_loss_adds_the_scaled_anchor_per_head():
+    params = init_heads(3, 4, 5, torch.Generator().manual_seed(0))
+    init = {n: t.clone() for n, t in params.items()}
+    params["w3"] = params["w3"] + 0.5  # move every head: ||phi_k - phi_k0||^2 = 5 * 0.25 = 1.25
+    assert anchor_penalty(params, init).tolist() == pytest.approx([1.25] * 3)
+    x_c, x_r = torch.randn(3, 7, 4), torch.randn(3, 7, 4)
+    nll = bradley_terry_nll(ensemble_rewards(params, x_c), ensemble_rewards(params, x_r)).sum()
+    # lambda = 2, |D| = 10: each head pays 2 / 10 * 1.25 = 0.25
+    assert erm_loss(params, init, x_c, x_r, 2.0, 10).item() == pytest.approx(nll.item() + 3 * 0.25, rel=1e-6)
+
+
+def test_ensemble_rewards_shapes_and_heads_differ():
+    params = init_heads(4, 6, 8, torch.Generator().manual_seed(1))
+    x = torch.randn(10, 6)
+    r = ensemble_rewards(params, x)
+    assert r.shape == (4, 10)
+    assert torch.allclose(ensemble_rewards(params, x[None].expand(4, -1, -1)), r)  # per-head input, same features
+    assert not torch.allclose(r[0], r[1])  # different initial weights, different prior samples
+
+
+def test_pooling_by_hand():
+    hidden = torch.arange(12, dtype=torch.float).reshape(1, 4, 3)  # positions 0..3, 3 features
+    mask = torch.tensor([[False, True, True, False]])
+    assert pool(hidden, mask, "sum").tolist() == [[9.0, 11.0, 13.0]]  # rows 1 and 2
+    assert pool(hidden, mask, "mean").tolist() == [[4.5, 5.5, 6.5]]
+    assert pool(hidden, mask, "last").tolist() == [[6.0, 7.0, 8.0]]
+
+
+def test_erm_learns_a_planted_linear_preference():
+    """Labels from a hidden linear reward w.x: the ensemble mean ranks held-out pairs >= 90% right."""
+    g = torch.Generator().manual_seed(0)
+    d = 16
+    w = torch.randn(d, generator=g)
+    a, b = torch.randn(1000, d, generator=g), torch.randn(1000, d, generator=g)
+    a_wins = (a @ w > b @ w)[:, None]
+    erm = EpistemicRewardModel(d, ERMConfig(erm_heads=8, erm_hidden=32), seed=0)
+    erm.add(torch.where(a_wins, a, b)[:800], torch.where(a_wins, b, a)[:800])
+    for _ in range(60):
+        erm.train_round()
+    test_a, test_b = a[800:], b[800:]
+    predicted = erm.rewards(test_a).mean(0) > erm.rewards(test_b).mean(0)
+    accuracy = (predicted == a_wins[800:, 0]).double().mean().item()
+    assert accuracy >= 0.9
+
+
+def test_anchor_pulls_each_head_towards_its_own_initial_weights():
+    """With no informative data (every pair tied: chosen == rejected features) the BT gradient
+    vanishes and only the anchor acts: moved heads return to *their own* phi_k0, not to a common
+    point, so the ensemble keeps its spread."""
+    d = 4
+    erm = EpistemicRewardModel(d, ERMConfig(erm_heads=3, erm_hidden=8, erm_lambda=50.0, erm_lr=1e-2), seed=0)
+    x = torch.randn(16, d)
+    erm.add(x, x)
+    with torch.no_grad():
+        for p in erm.params.values():
+            p.add_(0.3)  # push every head away from its prior
+    before = anchor_penalty(erm.params, erm.init).detach()
+    for _ in range(40):
+        erm.train_round()
+    after = anchor_penalty(erm.params, erm.init).detach()
+    assert (after < 0.05 * before).all()
+    spread = (erm.params["w1"][0] - erm.params["w1"][1]).abs().mean()
+    assert spread > 0.1  # heads did not collapse onto each other
+
+
+def test_explorer_features_from_the_reference_backbone(task, tmp_path):
+    """Any transformers checkpoint folder is a backbone; its width is read from the config."""
+    tokenizer = task.build_tokenizer()
+    model = build_policy(PolicyConfig("tiny"), tokenizer)
+    model.save_pretrained(tmp_path / "ref")
+    tokenizer.save_pretrained(tmp_path / "ref")
+    explorer = Explorer("bai_ts", 0, ERMConfig(erm_heads=4, erm_hidden=8), tmp_path / "ref")
+    assert explorer.backbone.width == model.config.n_embd
+    prompt = task.records("holdout")[0].prompt
+    feats = explorer.features([prompt, prompt, prompt], ["apple", "river", "apple"])
+    assert feats.shape == (3, model.config.n_embd)
+    assert torch.equal(feats[0], feats[2]) and not torch.equal(feats[0], feats[1])
+    assert explorer.mean_reward([prompt], ["apple"]).shape == (1,)
+
+
+def test_best_of_n_picks_the_ensemble_mean_argmax(task, tmp_path, monkeypatch):
+    """Head 0 likes a, head 1 likes b, neither is sure of c; the mean prefers c: BoN answers c."""
+    explorer = Explorer("bai_ts", 0)
+    explorer.erm = EpistemicRewardModel(2, ERMConfig(erm_heads=2, erm_hidden=4), seed=0)
+    per_head = {"a": [3.0, -2.0], "b": [-2.0, 3.0], "c": [1.0, 1.0]}  # means 0.5, 0.5, 1.0
+    monkeypatch.setattr(explorer, "features", lambda prompts, responses: torch.tensor([per_head[r] for r in responses]))
+    monkeypatch.setattr(explorer.erm, "rewards", lambda feats: feats.T)  # (K, B): one column per response
+    assert best_of_n([["a", "b", "c"], ["b", "a", "a"]], ["x", "y"], explorer.mean_reward) == ["c", "b"]

@@ -1,0 +1,122 @@
+"""Duel selection rules on hand-built reward tensors (K heads, P prompts, M candidates)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sealign.explore import (
+    RULES,
+    bai_ts,
+    ee_ts,
+    erm_labelled_pairs,
+    logit_variance,
+    passive,
+    preference_variance,
+    uncertainty,
+)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_passive_picks_two_distinct_allowed_candidates():
+    rewards = torch.zeros(0, 500, 4)
+    mask = torch.tensor([[True, False, True, True]]).expand(500, -1)
+    choice = passive(rewards, gen(), mask)
+    assert (choice.first != choice.second).all() and not choice.clashed.any()
+    picked = torch.cat([choice.first, choice.second])
+    assert set(picked.tolist()) == {0, 2, 3}  # never the repeated candidate 1
+    # uniform: each allowed candidate is first about a third of the time
+    counts = torch.bincount(choice.first, minlength=4).double() / 500
+    assert counts[1] == 0 and ((counts[[0, 2, 3]] - 1 / 3).abs() < 0.08).all()
+
+
+def test_all_rules_agree_when_every_head_agrees_on_one_clear_best():
+    # every head: candidate 2 best, candidate 0 second best -> E&E and the clash rule both give (2, 0)
+    rewards = torch.tensor([[[1.0, 0.0, 3.0, -1.0]]]).repeat(5, 1, 1)  # (K=5, P=1, M=4)
+    choice = ee_ts(rewards, gen())
+    assert (choice.first.item(), choice.second.item()) == (2, 0)
+    assert choice.clashed.item()  # all heads agreed on the argmax: a clash, resolved by the mean
+
+
+def test_ee_ts_second_is_argmax_of_another_head():
+    # head 0 prefers candidate 0, head 1 prefers candidate 1: the two picks are those argmaxes
+    rewards = torch.tensor([[[2.0, 1.0, 0.0]], [[1.0, 2.0, 0.0]]])  # (K=2, P=1, M=3)
+    seen = set()
+    for seed in range(20):
+        c = ee_ts(rewards, gen(seed), max_tries=60)  # P(every try re-draws the first head) = 2^-60
+        assert {c.first.item(), c.second.item()} == {0, 1} and not c.clashed.item()
+        seen.add(c.first.item())
+    assert seen == {0, 1}  # the first pick follows the sampled head
+
+
+def test_preference_variance_by_hand():
+    # two heads; first = candidate 0. For b = 1: sigma(1 - 0) and sigma(-1 - 0) -> variance of
+    # {0.7311, 0.2689} = 0.0535; for b = 0 itself the variance is 0.
+    rewards = torch.tensor([[[1.0, 0.0]], [[-1.0, 0.0]]])
+    var = preference_variance(rewards, torch.tensor([0]))
+    s = 1 / (1 + math.exp(-1))
+    assert var[0, 0].item() == pytest.approx(0.0)
+    assert var[0, 1].item() == pytest.approx((s - 0.5) ** 2, abs=1e-6)
+
+
+def test_bai_ts_second_maximises_preference_variance():
+    # both heads agree candidate 0 is best; about candidate 1 they disagree (+1 / -1), about
+    # candidate 2 they agree it is far worse: BAI asks about the doubtful one, 1.
+    rewards = torch.tensor([[[3.0, 2.5, -5.0]], [[3.0, 0.5, -5.0]]])  # both heads: argmax 0
+    choice = bai_ts(rewards, gen())
+    assert (choice.first.item(), choice.second.item()) == (0, 1) and not choice.clashed.item()
+
+
+def test_bai_ts_uses_the_bounded_preference_not_the_logit():
+    # vs first = 0: candidate 1's logit difference varies more (heads: 10 vs 20 apart) but its
+    # outcome is certain under every head; candidate 2's varies less but flips the winner.
+    rewards = torch.tensor([[[0.0, -10.0, 0.5]], [[0.0, -20.0, -0.5]]])
+    first = torch.tensor([0])
+    assert logit_variance(rewards)[0, 0, 1] > logit_variance(rewards)[0, 0, 2]
+    assert preference_variance(rewards, first)[0, 2] > preference_variance(rewards, first)[0, 1]
+    rewards[:, :, 0] = torch.tensor([[1.0], [1.0]])  # make 0 everyone's argmax
+    choice = bai_ts(rewards, gen())
+    assert (choice.first.item(), choice.second.item()) == (0, 2)
+
+
+def test_uncertainty_picks_the_pair_of_largest_logit_variance():
+    # heads agree on candidates 0 and 1 exactly; candidates 2 and 3 move in opposite directions
+    rewards = torch.tensor([[[0.0, 0.0, 1.0, -1.0]], [[0.0, 0.0, -1.0, 1.0]]])
+    var = logit_variance(rewards)  # V[r(2) - r(3)] = V[{2, -2}] = 4
+    assert var[0, 2, 3].item() == pytest.approx(4.0) and var[0, 0, 1].item() == 0.0
+    choice = uncertainty(rewards, gen())
+    assert {choice.first.item(), choice.second.item()} == {2, 3}
+
+
+def test_forced_clash_with_one_distinct_candidate():
+    rewards = torch.randn(3, 1, 3)
+    mask = torch.tensor([[True, False, False]])  # candidates 1 and 2 repeat candidate 0
+    for name, rule in RULES.items():
+        c = rule(rewards, gen(), mask)
+        assert c.first.item() == c.second.item() == 0 and c.clashed.item(), name
+
+
+def test_rules_never_pick_masked_repeats():
+    torch.manual_seed(0)
+    rewards = torch.randn(4, 64, 6)
+    mask = torch.rand(64, 6) > 0.3
+    mask[:, 0] = mask[:, 1] = True  # at least two distinct candidates per prompt
+    for name, rule in RULES.items():
+        c = rule(rewards, gen(), mask)
+        rows = torch.arange(64)
+        assert mask[rows, c.first].all() and mask[rows, c.second].all(), name
+        assert (c.first != c.second).all(), name
+
+
+def test_erm_labelled_pairs_are_best_and_worst_of_a_sampled_head():
+    rewards = torch.tensor([[[0.0, 5.0, -2.0, 1.0]], [[3.0, 0.0, 1.0, -4.0]]])  # (K=2, P=1, M=4)
+    outcomes = set()
+    for seed in range(20):
+        c = erm_labelled_pairs(rewards, gen(seed))
+        outcomes.add((c.first.item(), c.second.item()))
+    assert outcomes == {(1, 2), (0, 3)}  # head 0: best 1, worst 2; head 1: best 0, worst 3
