@@ -47,6 +47,16 @@ class ExportArgs:
     split: str = field(default="holdout", metadata={"help": "which split", "choices": ["train", "holdout"]})
 
 
+@dataclass
+class StudyArgs:
+    preset: str = field(metadata={"help": "which grid: losses, sea, rules, variants"})
+    out: str = field(metadata={"help": "study folder (runs/ inside it are shared between presets)"})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "seeds of every arm"})
+    jobs: int = field(default=0, metadata={"help": "runs at once, each in its own process; default: the number of cores"})
+    budget: Optional[int] = field(default=None, metadata={"help": "query budget of every run (default: train's)"})
+    eval_every: Optional[int] = field(default=None, metadata={"help": "evaluation interval of every run (default: train's)"})
+
+
 # -- commands ---------------------------------------------------------------------------------
 
 
@@ -200,6 +210,36 @@ def cmd_train(
     return summary
 
 
+def cmd_study(args: StudyArgs, out: OutputArgs) -> dict:
+    """Run a preset grid (resumable) and print its report; also written to OUT/PRESET.md."""
+    import os
+
+    from sealign import study
+
+    if args.preset not in study.PRESETS:
+        raise SealignError(f"unknown preset {args.preset!r} (known: {', '.join(study.PRESETS)})")
+    if not args.seeds:
+        raise SealignError("--seeds needs at least one seed")
+    jobs = args.jobs or os.cpu_count() or 1
+    if jobs < 1:
+        raise SealignError(f"--jobs must be positive, got {args.jobs}")
+    extra = [*(["--budget", str(args.budget)] if args.budget else []), *(["--eval-every", str(args.eval_every)] if args.eval_every else [])]
+    title, arms = study.PRESETS[args.preset]
+    for arm in arms:  # every arm's flags are valid before any run starts
+        cmd_check = [*arm.flags, *extra, "--out", "-"]
+        parser = _Parser([TaskConfig, PolicyConfig, SFTConfig, OracleConfig, ERMConfig, TrainConfig])
+        parser.parse_args_into_dataclasses(args=cmd_check)
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    echo = (lambda line: None) if out.quiet else console.print
+    study.run_study(arms, root, args.seeds, jobs, extra, echo=echo)
+    curves = study.aggregate(arms, root, args.seeds)
+    text = study.report(title, curves, args.seeds)
+    (root / f"{args.preset}.md").write_text(text)
+    stdout.print(text, markup=False)
+    return {"report": text, "curves": [dataclasses.asdict(c) for c in curves]}
+
+
 Command = tuple[Callable[..., dict], list[type], str]
 COMMANDS: dict[str, Command] = {
     "demo": (cmd_demo, [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, OutputArgs], "the main job on the built-in task"),
@@ -214,6 +254,7 @@ COMMANDS: dict[str, Command] = {
         [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, ERMConfig, TrainConfig, OutputArgs],
         "run an agent under a query budget",
     ),
+    "study": (cmd_study, [StudyArgs, OutputArgs], "run a grid of agents x seeds and report win-rate curves"),
     "export": (cmd_export, [TaskConfig, ExportArgs, OutputArgs], "write a task split as JSONL"),
 }
 

@@ -152,7 +152,7 @@ class ERMConfig:
 
 LR_SCHEDULES = ("cosine", "constant", "linear", "constant_with_warmup")
 DEFAULT_BON = 16  # N of best-of-N inference for the agents that infer by it
-BURN_IN_SHARE = 0.02  # the paper's burn-in: 1k of 50k queries
+BURN_IN_SHARE = 0.2  # paper: 1k of 50k queries (2%); our ERM starts from scratch on a tiny backbone and needs ~1k labels to beat chance
 
 
 @dataclass
@@ -183,7 +183,7 @@ class TrainConfig:
     label_smoothing: float = field(default=0.0, metadata=_help("dpo only: conservative DPO's epsilon"))
     gamma: float = field(default=0.7, metadata=_help("mixture ratio: share of oracle pairs in a policy batch after burn-in"))
     burn_in: Optional[int] = field(
-        default=None, metadata=_help("queries learnt from the oracle alone (gamma = 1) first; default 2%% of the budget")
+        default=None, metadata=_help("queries learnt from the oracle alone (gamma = 1) first; default 20%% of the budget")
     )
     eval_bon: Optional[int] = field(
         default=None, metadata=_help("evaluate best-of-N with the ERM's mean reward; default 16 for BoN agents, else 1 (greedy)")

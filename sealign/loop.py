@@ -278,12 +278,41 @@ def train(
                     f"the actor proposed only identical pairs for {MAX_IDLE_BATCHES} batches in a row: "
                     "raise --train-temperature or --num-candidates"
                 )
-            with Timer(state.timers, "eval"):  # E&E metric: the dueling responses against the references
-                refs = [r.reference for r in records]
-                probs = torch.cat([oracle.compare(prompts, sel.duels.first, refs), oracle.compare(prompts, sel.duels.second, refs)])
-            state.eval_calls += 2 * len(prompts)
-            state.record({**figures, "online_win_rate": win_stats(probs)["win_rate"], "clash_rate": sel.choice.clashed.double().mean().item()})
+            with Timer(state.timers, "eval"):
+                figures.update(diagnose(records, sel, pairs if rows else None))
+            state.record({**figures, "clash_rate": sel.choice.clashed.double().mean().item()})
         return erm_batch
+
+    def diagnose(records: list, sel, erm_pairs: Preferences | None) -> dict[str, float]:
+        """Figures the agent never learns from, judged by the oracle and charged as evaluation:
+        the E&E online win rate (the dueling responses vs the references), how often the hidden
+        oracle agrees with the ERM's own labels, and whether the selected duels have larger true
+        margins |r*(y) - r*(y')| than random pairs of the same candidates (the informativeness
+        active exploration aims for)."""
+        prompts, refs = [r.prompt for r in records], [r.reference for r in records]
+        probs = torch.cat([oracle.compare(prompts, sel.duels.first, refs), oracle.compare(prompts, sel.duels.second, refs)])
+        state.eval_calls += 2 * len(prompts)
+        out = {"online_win_rate": win_stats(probs)["win_rate"]}
+        if erm_pairs is not None and len(erm_pairs):
+            agree = oracle.compare(erm_pairs.prompts, erm_pairs.chosen, erm_pairs.rejected) > 0.5
+            state.eval_calls += len(erm_pairs)
+            out["erm_label_accuracy"] = agree.double().mean().item()
+        if agent.learn_erm:
+            m = sel.candidates.num_candidates
+            flat = [y for row in sel.candidates.responses for y in row]
+            true = oracle.score([x for x in prompts for _ in range(m)], flat).reshape(len(prompts), m)  # (P, M)
+            rows_ = torch.arange(len(prompts))
+            chosen_gap = (true[rows_, sel.choice.first] - true[rows_, sel.choice.second]).abs()
+            side = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.collected)  # leaves the run's RNGs alone
+            a, b = torch.randint(m, (2, len(prompts)), generator=side)
+            random_gap = (true[rows_, a] - true[rows_, b]).abs()
+            out.update(
+                margin_selected=chosen_gap.mean().item(),
+                margin_random=random_gap.mean().item(),
+                selected_margin_larger=(chosen_gap > random_gap).double().mean().item(),
+                first_is_oracle_best=(true[rows_, sel.choice.first] == true.max(1).values).double().mean().item(),
+            )
+        return out
 
     def learn(n_oracle: int, erm_batch: Preferences) -> dict:
         batch = folder.queries.preferences(state.learned, state.learned + n_oracle) + erm_batch
