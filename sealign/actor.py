@@ -25,8 +25,10 @@ class Actor:
         num_candidates: int,
         temperature: float,
         max_new_tokens: int,
+        reference: PreTrainedModel | None = None,
     ):
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.reference = reference  # XPO: the last candidate of every prompt comes from pi_ref
         self.tokenizer = tokenizer
         self.num_candidates = num_candidates
         self.temperature = temperature
@@ -34,15 +36,17 @@ class Actor:
         self.version = 0  # learner steps reflected in these weights
 
     def propose(self, prompts: Sequence[str]) -> Candidates:
-        responses = generate(
-            self.model,
-            self.tokenizer,
-            prompts,
-            num_samples=self.num_candidates,
-            temperature=self.temperature,
-            max_new_tokens=self.max_new_tokens,
-        )
+        """M responses per prompt from pi_theta (the last one from pi_ref when a reference is set)."""
+        own = self.num_candidates - (self.reference is not None)
+        responses = self._sample(self.model, prompts, own)
+        if self.reference is not None:
+            responses = [row + extra for row, extra in zip(responses, self._sample(self.reference, prompts, 1))]
         return Candidates(prompts=list(prompts), responses=responses)
+
+    def _sample(self, model: PreTrainedModel, prompts: Sequence[str], n: int) -> list[list[str]]:
+        return generate(
+            model, self.tokenizer, prompts, num_samples=n, temperature=self.temperature, max_new_tokens=self.max_new_tokens
+        )
 
     @torch.no_grad()
     def sync(self, learner_model: PreTrainedModel, version: int) -> None:

@@ -21,6 +21,7 @@ class Agent:
     learn_erm: bool = False  # an epistemic reward model learns from the oracle's labels
     self_align: bool = False  # policy batches mix in ERM-labelled pairs (π ↔ R, §4.3)
     best_of_n: bool = False  # inference is BoN(π, R) instead of the policy's greedy answer
+    dpo_only: bool = False  # built on DPO's implicit reward or objective (APL, XPO)
 
 
 AGENTS: dict[str, Agent] = {
@@ -43,5 +44,7 @@ AGENTS: dict[str, Agent] = {
             learn_erm=True,
             best_of_n=True,
         ),
+        Agent("apl", "apl", "active preference learning: high-entropy prompts, largest implicit-reward gap (Muldrew et al. 2024)", dpo_only=True),
+        Agent("xpo", "xpo", "exploratory preference optimisation: pi_theta vs pi_ref duels, optimism term (Xie et al. 2024)", dpo_only=True),
     ]
 }

@@ -161,7 +161,7 @@ class TrainConfig:
 
     agent: str = field(
         default="online",
-        metadata=_help("agent recipe: online, offline, sea-noalign, sea, bon-passive, bon-active, sea-bon, erm-bon (Table 1)"),
+        metadata=_help("agent recipe: online, offline, sea-noalign, sea, bon-passive, bon-active, sea-bon, erm-bon (Table 1), apl, xpo"),
     )
     explore: Optional[str] = field(
         default=None, metadata=_help("duel selection rule: passive, ee_ts, bai_ts, uncertainty; default: the agent's")
@@ -188,6 +188,8 @@ class TrainConfig:
     eval_bon: Optional[int] = field(
         default=None, metadata=_help("evaluate best-of-N with the ERM's mean reward; default 16 for BoN agents, else 1 (greedy)")
     )
+    apl_pool_factor: int = field(default=4, metadata=_help("apl: prompts drawn per step, as a multiple of the batch"))
+    xpo_alpha: float = field(default=1e-5, metadata=_help("xpo: weight of the optimism term alpha * log pi(y~) on pi_ref's response"))
     sync_every: int = field(default=1, metadata=_help("actor <- learner weights every k steps (1 = online, k > 1 = iterative)"))
     eval_every: int = field(default=500, metadata=_help("evaluate every this many queries"))
     checkpoint_every: int = field(default=1000, metadata=_help("checkpoint every this many queries"))
@@ -204,15 +206,22 @@ class TrainConfig:
 
         _require(self.agent in AGENTS, f"unknown agent {self.agent!r} (known: {', '.join(AGENTS)})")
         agent = AGENTS[self.agent]
+        _require(not agent.dpo_only or self.loss == "dpo", f"agent {self.agent} is built on DPO: --loss must be dpo, got {self.loss!r}")
+        _require(
+            agent.explore in RULES or self.explore in (None, agent.explore), f"agent {self.agent} selects its own duels: drop --explore"
+        )
         if self.explore is None:
             self.explore = agent.explore
-        _require(self.explore in RULES, f"unknown --explore {self.explore!r} (known: {', '.join(RULES)})")
+        _require(self.explore in RULES or self.explore == agent.explore, f"unknown --explore {self.explore!r} (known: {', '.join(RULES)})")
         _require(
-            self.explore == "passive" or agent.learn_erm,
+            self.explore in ("passive", agent.explore) or agent.learn_erm,
             f"--explore {self.explore} needs a reward model; agent {self.agent} has none (try --agent sea)",
         )
         if self.num_candidates is None:
-            self.num_candidates = 20 if agent.learn_erm else 2
+            self.num_candidates = 20 if agent.learn_erm else 4 if self.agent == "apl" else 2
+        _require(self.agent != "xpo" or self.num_candidates == 2, "agent xpo duels one pi_theta and one pi_ref response: --num-candidates must be 2")
+        _require(self.apl_pool_factor >= 1, f"--apl-pool-factor must be at least 1, got {self.apl_pool_factor}")
+        _require(self.xpo_alpha >= 0, f"--xpo-alpha must be >= 0, got {self.xpo_alpha}")
         if self.eval_bon is None:
             self.eval_bon = DEFAULT_BON if agent.best_of_n else 1
         _require(self.eval_bon >= 1, f"--eval-bon must be at least 1, got {self.eval_bon}")
@@ -258,6 +267,11 @@ class TrainConfig:
             learned += self.batch_split(learned)[0]
             steps += 1
         return steps
+
+    @property
+    def pool_size(self) -> int:
+        """Prompts the actor answers per batch: APL draws a larger pool and keeps the most uncertain."""
+        return self.batch_size * (self.apl_pool_factor if self.agent == "apl" else 1)
 
     @property
     def warmup_steps(self) -> int:

@@ -160,3 +160,46 @@ def erm_labelled_pairs(rewards: Tensor, generator: torch.Generator, mask: Option
 
 
 RULES: dict[str, Rule] = {"passive": passive, "ee_ts": ee_ts, "bai_ts": bai_ts, "uncertainty": uncertainty}
+
+
+# ---- baselines that select with the policy itself, not with a reward model -------------------
+
+
+def predictive_entropy(policy_logp: Tensor) -> Tensor:
+    """Monte Carlo predictive entropy of the policy per prompt (APL, Muldrew et al. 2024, §4.1):
+    H(π(·|x)) ≈ −(1/M) Σ_i log π(y_i | x) over M responses y_i sampled from π. `policy_logp` is
+    (P, M) summed sequence log-probs; returns (P,). High entropy = the policy is unsure what to
+    answer, so a label there teaches it most. (Ranking by the mean log-likelihood instead, as one
+    earlier implementation does, selects the *least* uncertain prompts: the opposite sign.)"""
+    return -policy_logp.mean(dim=1)
+
+
+def apl_select(
+    policy_logp: Tensor, ref_logp: Tensor, beta: float, keep: int, mask: Optional[Tensor] = None
+) -> tuple[Tensor, DuelChoice]:
+    """APL's acquisition (Muldrew et al. 2024): of a pool of P prompts keep the `keep` of highest
+    `predictive_entropy`, and within each the pair with the largest gap in DPO's implicit reward
+    r̂(y) = β (log π_θ(y|x) − log π_ref(y|x)) (both (P, M)). Returns the kept rows, most uncertain
+    first, and the pair of each kept row."""
+    p, m = policy_logp.shape
+    allowed = torch.ones(p, m, dtype=torch.bool) if mask is None else mask
+    rows = predictive_entropy(policy_logp).argsort(descending=True, stable=True)[:keep]  # (keep,)
+    implicit = beta * (policy_logp - ref_logp)[rows]  # (keep, M)
+    gap = (implicit[:, :, None] - implicit[:, None, :]).abs()  # (keep, M, M)
+    ok = allowed[rows][:, :, None] & allowed[rows][:, None, :] & ~torch.eye(m, dtype=torch.bool)
+    flat = gap.masked_fill(~ok, NEG_INF).flatten(1).argmax(dim=1)
+    first, second = flat // m, flat % m
+    lonely = ~ok.flatten(1).any(1)
+    first = torch.where(lonely, torch.zeros_like(first), first)
+    return rows, DuelChoice(first, torch.where(lonely, first, second), lonely)
+
+
+def policy_vs_reference(rewards: Tensor, generator: torch.Generator, mask: Optional[Tensor] = None) -> DuelChoice:
+    """XPO's duel (Xie et al. 2024): the actor's first candidate, sampled from π_θ, against its last,
+    sampled from π_ref. No choice is made, so nothing random is drawn."""
+    _, p, m = rewards.shape
+    first, second = torch.zeros(p, dtype=torch.long), torch.full((p,), m - 1)
+    return DuelChoice(first, second, torch.zeros(p, dtype=torch.bool))
+
+
+SELECTORS: dict[str, Rule] = {**RULES, "xpo": policy_vs_reference}  # rules of reward tensors, as agents name them

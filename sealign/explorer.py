@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from sealign.config import ERMConfig
 from sealign.erm import Backbone, EpistemicRewardModel
-from sealign.explore import RULES, DuelChoice, erm_labelled_pairs
+from sealign.explore import SELECTORS, DuelChoice, apl_select, erm_labelled_pairs
 from sealign.records import Candidates, Duels, Preferences
 
 
@@ -31,11 +31,28 @@ class Selection:
     mask: Tensor  # (P, M) first occurrences of each distinct response
     rewards: Tensor  # (K, P, M): K = 0 without a reward model
     features: Optional[Tensor]  # (P, M, d) backbone features, None without a reward model
+    rows: list[int]  # prompts in the order they should be asked (APL: most uncertain first)
+
+
+LogProbs = Callable[[Sequence[str], Sequence[str]], tuple[Tensor, Tensor]]
 
 
 class Explorer:
-    def __init__(self, rule: str, seed: int, erm_cfg: Optional[ERMConfig] = None, backbone_path: Optional[str | Path] = None):
-        self.rule = RULES[rule]
+    """`rule` names a selector of sealign.explore, or "apl", which ranks with the policy itself
+    and needs `policy_logprobs(prompts, responses) -> (log pi_theta, log pi_ref)` and `beta`."""
+
+    def __init__(
+        self,
+        rule: str,
+        seed: int,
+        erm_cfg: Optional[ERMConfig] = None,
+        backbone_path: Optional[str | Path] = None,
+        *,
+        policy_logprobs: Optional[LogProbs] = None,
+        beta: float = 0.1,
+    ):
+        self.rule = None if rule == "apl" else SELECTORS[rule]
+        self.policy_logprobs, self.beta = policy_logprobs, beta
         self.generator = torch.Generator().manual_seed(seed)
         self.backbone: Optional[Backbone] = None
         self.erm: Optional[EpistemicRewardModel] = None
@@ -65,8 +82,23 @@ class Explorer:
             features = self.features(flat_prompts, flat).reshape(p, m, -1)  # (P, M, d)
             rewards = self.erm.rewards(features)  # (K, P, M)
         mask = candidates.first_occurrences()
-        choice = self.rule(rewards, self.generator, mask)
-        return Selection(candidates, choice, Duels.pick(candidates, choice.first, choice.second), mask, rewards, features)
+        rows = list(range(p))
+        if self.rule is None:
+            choice, rows = self._apl(candidates, mask)
+        else:
+            choice = self.rule(rewards, self.generator, mask)
+        return Selection(candidates, choice, Duels.pick(candidates, choice.first, choice.second), mask, rewards, features, rows)
+
+    def _apl(self, candidates: Candidates, mask: Tensor) -> tuple[DuelChoice, list[int]]:
+        """APL over the whole pool: every prompt ranked by entropy, its pair by implicit-reward gap."""
+        p, m = len(candidates.prompts), candidates.num_candidates
+        flat_prompts = [x for x in candidates.prompts for _ in range(m)]
+        flat = [y for row in candidates.responses for y in row]
+        policy_logp, ref_logp = (t.reshape(p, m) for t in self.policy_logprobs(flat_prompts, flat))
+        order, picked = apl_select(policy_logp, ref_logp, self.beta, keep=p, mask=mask)
+        first, second, clashed = (torch.empty_like(t) for t in picked)
+        first[order], second[order], clashed[order] = picked
+        return DuelChoice(first, second, clashed), order.tolist()
 
     def erm_labelled(self, sel: Selection, rows: list[int]) -> tuple[Preferences, list[int]]:
         """B_ERM for the prompts `rows`: a sampled head's best vs worst candidate (§4.3). Never

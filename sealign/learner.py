@@ -25,6 +25,13 @@ class LearnerConfig:
     total_steps: int
     max_grad_norm: float = 1.0
     loss_kwargs: dict | None = None
+    optimism: float = 0.0  # XPO's alpha: weight of the mean log pi_theta of pi_ref's responses
+
+
+def optimism_term(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses: list[str]) -> torch.Tensor:
+    """XPO's exploration bonus before its weight: mean over the batch of log pi_theta(y~ | x), y~ ~ pi_ref."""
+    logp, _ = sequence_logprobs(model, tokenizer, prompts, responses)  # (B,)
+    return logp.mean()
 
 
 class NonFiniteLoss(RuntimeError):
@@ -44,8 +51,13 @@ class Learner:
         self.scheduler = get_scheduler(cfg.lr_schedule, self.optimizer, cfg.warmup_steps, cfg.total_steps)
         self.steps = 0
 
-    def step(self, batch: Preferences) -> dict[str, float]:
-        """Minimise the masked mean DAP loss on `batch`; returns detached diagnostics."""
+    def step(self, batch: Preferences, reference_samples: tuple[list[str], list[str]] | None = None) -> dict[str, float]:
+        """Minimise the masked mean DAP loss on `batch`; returns detached diagnostics.
+
+        With `reference_samples` (prompts, responses sampled from pi_ref) and `optimism` alpha > 0,
+        the loss gains XPO's term (Xie et al. 2024, Alg. 1): alpha * mean log pi_theta(y~ | x).
+        Minimising it lowers the likelihood of what pi_ref would say, pushing the policy to
+        explore beyond pi_ref's support; its batch mean keeps alpha on the DPO loss's scale."""
         prompts = batch.prompts * 2
         responses = batch.chosen + batch.rejected
         with torch.no_grad():
@@ -58,6 +70,10 @@ class Learner:
             extra.update(chosen_lengths=lengths[:n].float(), rejected_lengths=lengths[n:].float())
         valid = batch.valid
         loss = masked_mean(self.loss_fn(pi_c, pi_r, ref_c, ref_r, self.cfg.beta, **extra), valid)
+        optimism = None
+        if reference_samples is not None and self.cfg.optimism > 0:
+            optimism = optimism_term(self.model, self.tokenizer, *reference_samples)
+            loss = loss + self.cfg.optimism * optimism
         if not math.isfinite(loss.item()):
             raise NonFiniteLoss(f"non-finite {self.cfg.loss} loss at learner step {self.steps + 1}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -82,6 +98,7 @@ class Learner:
             "grad_norm": float(grad_norm),
             "lr": lr,
             "valid_pairs": int(v.sum().item()),
+            **({"optimism_logp": optimism.item()} if optimism is not None else {}),
         }
 
     def state_dict(self) -> dict:

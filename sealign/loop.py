@@ -24,7 +24,7 @@ from sealign.errors import SealignError
 from sealign.evaluate import evaluate_policy, win_stats
 from sealign.learner import Learner, LearnerConfig, NonFiniteLoss
 from sealign.oracles import RewardOracle
-from sealign.policy import load_policy
+from sealign.policy import load_policy, sequence_logprobs
 from sealign.progress import progress_bar
 from sealign.explorer import Explorer
 from sealign.records import Preferences
@@ -165,9 +165,6 @@ def train(
             f"the reference policy at {ref.path} differs from the one this run started from "
             f"(weights {fingerprint} != {saved['reference']}): resuming would change pi_ref"
         )
-    explorer = Explorer(cfg.explore, cfg.seed, erm_cfg if agent.learn_erm else None, ref.path)
-    if not resume:
-        folder.create({**config, "reference": fingerprint})
     model, tokenizer = load_policy(ref.path)
     learner = Learner(
         model,
@@ -181,11 +178,29 @@ def train(
             total_steps=cfg.total_steps,
             max_grad_norm=cfg.max_grad_norm,
             loss_kwargs={"label_smoothing": cfg.label_smoothing} if cfg.loss == "dpo" else None,
+            optimism=cfg.xpo_alpha if cfg.agent == "xpo" else 0.0,
         ),
     )
     actor = Actor(
-        model, tokenizer, num_candidates=cfg.num_candidates, temperature=cfg.train_temperature, max_new_tokens=task.max_new_tokens
+        model,
+        tokenizer,
+        num_candidates=cfg.num_candidates,
+        temperature=cfg.train_temperature,
+        max_new_tokens=task.max_new_tokens,
+        reference=learner.ref if cfg.agent == "xpo" else None,
     )
+
+    @torch.no_grad()
+    def policy_logprobs(prompts, responses):  # APL ranks with the actor's current pi_theta and pi_ref
+        policy, _ = sequence_logprobs(actor.model, tokenizer, prompts, responses)
+        reference, _ = sequence_logprobs(learner.ref, tokenizer, prompts, responses)
+        return policy, reference
+
+    explorer = Explorer(
+        cfg.explore, cfg.seed, erm_cfg if agent.learn_erm else None, ref.path, policy_logprobs=policy_logprobs, beta=cfg.beta
+    )
+    if not resume:  # everything that can fail on bad input has been built: now the run exists
+        folder.create({**config, "reference": fingerprint})
     oracle = RewardOracle(task.reward, oracle_cfg)
     stream = PromptStream(task.records("train"), cfg.seed)
     holdout = task.records("holdout")
@@ -252,18 +267,23 @@ def train(
         batches. Surplus duels go unasked, so an online batch never holds stale labels."""
         erm_batch = Preferences([], [], [])
         while state.collected < target or len(erm_batch) < erm_wanted:
-            records = stream.take(cfg.batch_size)
+            records = stream.take(cfg.pool_size)
             prompts = [r.prompt for r in records]
             with Timer(state.timers, "generate"):
                 candidates = actor.propose(prompts)
             with Timer(state.timers, "select"):
                 sel = explorer.select(candidates)
-            distinct = sel.duels.distinct()
-            state.identical_skipped += len(prompts) - len(distinct)
             state.clashes += int(sel.choice.clashed.sum())
-            asked = distinct[: target - state.collected]
+            asked, need = [], target - state.collected
+            for i in sel.rows:  # in the explorer's order of preference, until the quota is met
+                if len(asked) == need:
+                    break
+                if sel.duels.first[i] == sel.duels.second[i]:
+                    state.identical_skipped += 1  # two identical answers: not asked, not charged
+                else:
+                    asked.append(i)
             taken = set(asked)
-            rows = [i for i in range(len(prompts)) if i not in taken][: erm_wanted - len(erm_batch)]
+            rows = [i for i in sel.rows if i not in taken][: erm_wanted - len(erm_batch)]
             with Timer(state.timers, "oracle"):
                 z = folder.queries.label(sel.duels.subset(asked), state.collected, state.step, oracle) if asked else None
             with Timer(state.timers, "select"):
@@ -316,12 +336,16 @@ def train(
 
     def learn(n_oracle: int, erm_batch: Preferences) -> dict:
         batch = folder.queries.preferences(state.learned, state.learned + n_oracle) + erm_batch
+        reference_samples = None
+        if cfg.agent == "xpo":  # the second response of every XPO duel was sampled from pi_ref
+            rows = folder.queries.rows[state.learned : state.learned + n_oracle]
+            reference_samples = ([r["prompt"] for r in rows], [r["second"] for r in rows])
         with Timer(state.timers, "select"):
             figures = explorer.train_round()
         if agent.learn_policy:
             with Timer(state.timers, "learn"):
                 try:
-                    figures.update(learner.step(batch))
+                    figures.update(learner.step(batch, reference_samples))
                 except NonFiniteLoss as e:
                     raise SealignError(f"{e}; stopped, the last good checkpoint is kept in {folder.path / 'checkpoints'}") from None
         figures["erm_fraction"] = len(erm_batch) / len(batch)

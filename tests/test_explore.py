@@ -9,11 +9,14 @@ import torch
 
 from sealign.explore import (
     RULES,
+    apl_select,
     bai_ts,
     ee_ts,
     erm_labelled_pairs,
     logit_variance,
     passive,
+    policy_vs_reference,
+    predictive_entropy,
     preference_variance,
     uncertainty,
 )
@@ -120,3 +123,31 @@ def test_erm_labelled_pairs_are_best_and_worst_of_a_sampled_head():
         c = erm_labelled_pairs(rewards, gen(seed))
         outcomes.add((c.first.item(), c.second.item()))
     assert outcomes == {(1, 2), (0, 3)}  # head 0: best 1, worst 2; head 1: best 0, worst 3
+
+
+def test_apl_ranks_prompts_by_predictive_entropy_high_first():
+    # prompt 0: samples the policy finds likely (log p -1, -2): low entropy 1.5
+    # prompt 1: unlikely samples (-8, -10): high entropy 9 -> the policy is unsure there
+    # prompt 2: in between (-4, -4): entropy 4
+    policy = torch.tensor([[-1.0, -2.0], [-8.0, -10.0], [-4.0, -4.0]])
+    assert predictive_entropy(policy).tolist() == [1.5, 9.0, 4.0]
+    rows, _ = apl_select(policy, torch.zeros_like(policy), beta=0.1, keep=2)
+    assert rows.tolist() == [1, 2]  # ranking by mean log-likelihood would keep [0, 2]: the opposite
+
+
+def test_apl_pairs_the_largest_implicit_reward_gap():
+    # implicit reward 0.5 * (log pi - log pi_ref): [0.5, -1.0, 2.0, 0.0] -> the pair (2, 1), gap 3
+    policy = torch.tensor([[1.0, -2.0, 4.0, 0.0]]) - 5.0
+    ref = torch.full((1, 4), -5.0)
+    rows, choice = apl_select(policy, ref, beta=0.5, keep=1)
+    assert rows.tolist() == [0]
+    assert {choice.first.item(), choice.second.item()} == {1, 2} and not choice.clashed.item()
+    # candidate 2 repeats an earlier one: the best remaining gap is (0, 1), 1.5
+    mask = torch.tensor([[True, True, False, True]])
+    _, choice = apl_select(policy, ref, beta=0.5, keep=1, mask=mask)
+    assert {choice.first.item(), choice.second.item()} == {0, 1}
+
+
+def test_xpo_duel_is_policy_sample_against_reference_sample():
+    choice = policy_vs_reference(torch.zeros(0, 3, 2), gen())
+    assert choice.first.tolist() == [0, 0, 0] and choice.second.tolist() == [1, 1, 1]

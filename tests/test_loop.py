@@ -16,7 +16,8 @@ from conftest import QUICK_SFT, TINY
 from sealign.cli import main
 from sealign.agents import AGENTS
 from sealign.config import ERMConfig, OracleConfig, TrainConfig
-from sealign.learner import Learner, LearnerConfig
+from sealign.explore import predictive_entropy
+from sealign.learner import Learner, LearnerConfig, optimism_term
 from sealign.loop import PromptStream, train
 from sealign.policy import build_policy, sequence_logprobs
 from sealign.records import Preferences
@@ -169,10 +170,10 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, task_cfg, monkeypa
 
     real = learner_mod.Learner.step
 
-    def step(self, batch):
+    def step(self, batch, reference_samples=None):
         if self.steps == 2:
             raise learner_mod.NonFiniteLoss("non-finite dpo loss at learner step 3")
-        return real(self, batch)
+        return real(self, batch, reference_samples)
 
     monkeypatch.setattr(learner_mod.Learner, "step", step)
     code = main(["train", *SMALL, "--budget", "128", "--batch-size", "32", "--checkpoint-every", "32", "--out", str(tmp_path / "r"), "--quiet"])
@@ -238,9 +239,9 @@ def test_erm_labelled_pairs_never_reach_the_oracle_nor_the_budget(tmp_path, task
     batches, asked = [], []
     real_step, real_label = learner_mod.Learner.step, RewardOracle.label
 
-    def step(self, batch):
+    def step(self, batch, reference_samples=None):
         batches.append(batch)
-        return real_step(self, batch)
+        return real_step(self, batch, reference_samples)
 
     def label(self, prompts, a, b):
         asked.extend(zip(prompts, a, b))
@@ -273,3 +274,56 @@ def test_every_agent_runs_through_the_cli(tmp_path, agent):
     assert main([*argv, "--out", str(tmp_path / "r")]) == 0
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["queries"] == summary["labels_in_ledger"] == 48
+
+
+def test_xpo_optimism_term_value_and_gradient_sign(task):
+    """alpha * mean log pi(y~): its value is the policy's log-prob of pi_ref's response, and a step
+    on it alone (a tied DPO pair contributes nothing) lowers that log-prob."""
+    torch.manual_seed(0)
+    tokenizer = task.build_tokenizer()
+    model = build_policy(TINY, tokenizer)
+    record = task.records("holdout")[0]
+    y_ref = task.optimal_summary(record.prompt)
+    with torch.no_grad():
+        before, _ = sequence_logprobs(model, tokenizer, [record.prompt], [y_ref])
+    assert optimism_term(model, tokenizer, [record.prompt], [y_ref]).item() == pytest.approx(before.item(), rel=1e-5)
+    learner = Learner(model, tokenizer, LearnerConfig("dpo", 0.1, 1e-2, "constant", 0, 1, optimism=1.0))
+    tied = Preferences([record.prompt], [record.reference], [record.reference])  # masked: no DPO gradient
+    figures = learner.step(tied, ([record.prompt], [y_ref]))
+    assert figures["optimism_logp"] == pytest.approx(before.item(), rel=1e-5)
+    with torch.no_grad():
+        after, _ = sequence_logprobs(model, tokenizer, [record.prompt], [y_ref])
+    assert after.item() < before.item()
+
+
+@pytest.mark.parametrize("agent", ["apl", "xpo"])
+def test_dpo_only_agents_refuse_other_losses(capsys, tmp_path, agent):
+    code = main(["train", "--agent", agent, "--loss", "slic", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and f"agent {agent} is built on DPO" in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_apl_asks_only_the_most_uncertain_prompts_of_its_pool(tmp_path, task_cfg, monkeypatch):
+    """APL draws pool_factor x batch prompts and asks, in order, about the highest-entropy ones."""
+    from sealign.explorer import Explorer
+
+    selections = []
+    real = Explorer.select
+
+    def spy(self, candidates):
+        sel = real(self, candidates)
+        selections.append(sel)
+        return sel
+
+    monkeypatch.setattr(Explorer, "select", spy)
+    cfg = run_cfg(tmp_path / "r", agent="apl", budget=32, batch_size=16, eval_every=32)
+    train(cfg, task_cfg, TINY, QUICK_SFT, OracleConfig(), progress=False)
+    asked = [r["prompt"] for r in ledger(tmp_path / "r")]
+    expected = []
+    for sel in selections:
+        assert len(sel.candidates.prompts) == 64  # 4 x 16 prompts per draw
+        distinct = [i for i in sel.rows if sel.duels.first[i] != sel.duels.second[i]]
+        need = 16 - len(expected) % 16  # a pool short of distinct duels is topped up by the next
+        expected += [sel.candidates.prompts[i] for i in distinct[:need]]
+    assert asked == expected[:32]
