@@ -62,6 +62,10 @@ PRESETS: dict[str, tuple[str, list[Arm]]] = {
             ("sea uncertainty", SEA["dpo"] + " --explore uncertainty"),
         ),
     ),
+    "baselines": (
+        "prior active-exploration baselines APL and XPO beside online DPO and SEA-DPO (paper Fig. 1, 5)",
+        _arms(("online dpo", ONLINE["dpo"]), ("sea dpo", SEA["dpo"]), ("apl", "--agent apl --loss dpo"), ("xpo", "--agent xpo --loss dpo")),
+    ),
     "variants": (
         "Table 1 variants 1-7 with DPO (paper Fig. 6)",
         _arms(
