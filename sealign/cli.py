@@ -236,6 +236,7 @@ def cmd_study(args: StudyArgs, out: OutputArgs) -> dict:
     curves = study.aggregate(arms, root, args.seeds)
     text = study.report(title, curves, args.seeds)
     (root / f"{args.preset}.md").write_text(text)
+    study.plot(curves, root / f"{args.preset}.png", title)
     stdout.print(text, markup=False)
     return {"report": text, "curves": [dataclasses.asdict(c) for c in curves]}
 

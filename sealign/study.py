@@ -186,7 +186,8 @@ def report(title: str, curves: list[Curve], seeds: Sequence[int], every: int = 1
     for c in curves:
         gain = mean_se([f - c.mean[0] for f in c.finals])
         lines.append(f"| {c.label} | {_fmt(*mean_se(c.finals))} | {gain[0]:+.3f} | {sum(c.walls) / len(c.walls):.0f} |")
-    marks = sorted({q for c in curves for q in c.queries if q == 0 or q // every > (q - 1) // every} | {max(c.queries) for c in curves})
+    end = max(max(c.queries) for c in curves)
+    marks = sorted(set(range(0, end, every)) | {end})
     lines += ["", "Win rate against queries (the first evaluation at or after each mark):", ""]
     lines += ["| arm | " + " | ".join(str(m) for m in marks) + " |", "|---|" + "---|" * len(marks)]
     for c in curves:
@@ -213,3 +214,29 @@ def efficiency(curves: list[Curve], baseline: str, contender: str) -> dict[str, 
         "final_gap": other_final[0] - base_final[0],
         "combined_se": base_final[1] + other_final[1],
     }
+
+
+def plot(curves: list[Curve], path: Path, title: str, metric_label: str = "greedy win rate vs references") -> None:
+    """Curves of mean win rate against queries, shaded ± one standard error, pi_ref's level dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    for c in curves:
+        line = ax.plot(c.queries, c.mean, label=c.label, linewidth=1.6)[0]
+        if not any(math.isnan(s) for s in c.se):
+            lo = [m - s for m, s in zip(c.mean, c.se)]
+            hi = [m + s for m, s in zip(c.mean, c.se)]
+            ax.fill_between(c.queries, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    if curves and curves[0].queries and curves[0].queries[0] == 0:
+        ax.axhline(curves[0].mean[0], color="gray", linestyle="--", linewidth=1, label="pi_ref")
+    ax.set_xlabel("oracle queries")
+    ax.set_ylabel(metric_label)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
