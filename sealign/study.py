@@ -148,6 +148,7 @@ class Curve:
     se: list[float]
     finals: list[float]  # final win rate per seed
     walls: list[float]  # wall seconds per seed
+    online: list[float]  # per seed: online win rate of the dueling responses, averaged over the run (E&E)
     last: dict[str, float]  # mean over seeds of the last evaluation's other figures
 
 
@@ -169,6 +170,11 @@ def aggregate(arms: list[Arm], out: Path, seeds: Sequence[int], metric: str = "w
                 se=[s for _, s in stats],
                 finals=[s["final_win_rate"] for s in summaries],
                 walls=[s["wall_seconds"] for s in summaries],
+                online=[
+                    sum(r["online_win_rate"] for r in rows if "online_win_rate" in r)
+                    / max(1, sum("online_win_rate" in r for r in rows))
+                    for rows in runs
+                ],
                 last={k: sum(rows[-1][k] for rows in runs) / len(runs) for k in sorted(last_keys)},
             )
         )
@@ -180,12 +186,19 @@ def _fmt(m: float, se: float) -> str:
 
 
 def report(title: str, curves: list[Curve], seeds: Sequence[int], every: int = 1000) -> str:
-    """Markdown: final win rates, the curves every `every` queries, and queries-to-level."""
+    """Markdown: final win rates, the curves every `every` queries, and, for every pair of arms
+    "online X" / "sea X", the queries SEA needs to reach online's final level."""
     lines = [f"### {title}", "", f"Seeds {', '.join(map(str, seeds))}; mean ± standard error.", ""]
-    lines += ["| arm | final win rate | gain over pi_ref | wall s per run |", "|---|---|---|---|"]
+    lines += [
+        "| arm | final win rate | gain over pi_ref | online win rate, whole run | wall s per run |",
+        "|---|---|---|---|---|",
+    ]
     for c in curves:
         gain = mean_se([f - c.mean[0] for f in c.finals])
-        lines.append(f"| {c.label} | {_fmt(*mean_se(c.finals))} | {gain[0]:+.3f} | {sum(c.walls) / len(c.walls):.0f} |")
+        lines.append(
+            f"| {c.label} | {_fmt(*mean_se(c.finals))} | {gain[0]:+.3f} | {_fmt(*mean_se(c.online))} | "
+            f"{sum(c.walls) / len(c.walls):.0f} |"
+        )
     end = max(max(c.queries) for c in curves)
     marks = sorted(set(range(0, end, every)) | {end})
     lines += ["", "Win rate against queries (the first evaluation at or after each mark):", ""]
@@ -196,6 +209,16 @@ def report(title: str, curves: list[Curve], seeds: Sequence[int], every: int = 1
             i = next((i for i, q in enumerate(c.queries) if q >= m), None)
             cells.append("" if i is None else f"{c.mean[i]:.3f}")
         lines.append(f"| {c.label} | " + " | ".join(cells) + " |")
+    labels = {c.label for c in curves}
+    pairs = [(b, "sea" + b[len("online") :]) for b in sorted(labels) if b.startswith("online") and "sea" + b[len("online") :] in labels]
+    if pairs:
+        lines += ["", "Sample efficiency: queries the SEA arm needs to reach the online arm's final mean win rate:", ""]
+        lines += ["| comparison | online final | SEA reaches it at | ratio | final gap (SEA - online) | s.e. combined |", "|---|---|---|---|---|---|"]
+        for base, contender in pairs:
+            e = efficiency(curves, base, contender)
+            reach = "never" if e["contender_queries"] is None else f"{e['contender_queries']:.0f} of {e['baseline_queries']}"
+            ratio = "-" if e["ratio"] is None else f"{e['ratio']:.2f}x"
+            lines.append(f"| {contender} vs {base} | {e['level']:.3f} | {reach} | {ratio} | {e['final_gap']:+.3f} | {e['combined_se']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -40,7 +40,8 @@ def test_aggregate_and_efficiency_from_run_folders(tmp_path):
     e = efficiency(curves, "online", "sea")
     assert e["contender_queries"] == pytest.approx(500.0) and e["ratio"] == pytest.approx(0.5)
     assert e["final_gap"] == pytest.approx(0.1)
-    assert "| sea | 0.800 ± 0.010 |" in report("t", curves, [0, 1])
+    text = report("t", curves, [0, 1])
+    assert "| sea | 0.800 ± 0.010 |" in text and "| sea vs online | 0.700 | 500 of 1000 | 0.50x |" in text
 
 
 def test_unknown_preset_is_one_error_line(capsys, tmp_path):
