@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -257,7 +258,7 @@ def plot(curves: list[Curve], path: Path, title: str, metric_label: str = "greed
         ax.axhline(curves[0].mean[0], color="gray", linestyle="--", linewidth=1, label="pi_ref")
     ax.set_xlabel("oracle queries")
     ax.set_ylabel(metric_label)
-    ax.set_title(title, fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(title, 64)), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
