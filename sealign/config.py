@@ -189,6 +189,10 @@ class TrainConfig:
         default=None, metadata=_help("evaluate best-of-N with the ERM's mean reward; default 16 for BoN agents, else 1 (greedy)")
     )
     apl_pool_factor: int = field(default=4, metadata=_help("apl: prompts drawn per step, as a multiple of the batch"))
+    apl_entropy: str = field(
+        default="sequence",
+        metadata=_help("apl: predictive entropy from summed (sequence) or per-token log-probs", choices=["sequence", "token"]),
+    )
     xpo_alpha: float = field(default=1e-5, metadata=_help("xpo: weight of the optimism term alpha * log pi(y~) on pi_ref's response"))
     sync_every: int = field(default=1, metadata=_help("actor <- learner weights every k steps (1 = online, k > 1 = iterative)"))
     eval_every: int = field(default=500, metadata=_help("evaluate every this many queries"))
@@ -221,6 +225,7 @@ class TrainConfig:
             self.num_candidates = 20 if agent.learn_erm else 4 if self.agent == "apl" else 2
         _require(self.agent != "xpo" or self.num_candidates == 2, "agent xpo duels one pi_theta and one pi_ref response: --num-candidates must be 2")
         _require(self.apl_pool_factor >= 1, f"--apl-pool-factor must be at least 1, got {self.apl_pool_factor}")
+        _require(self.apl_entropy in ("sequence", "token"), f"unknown --apl-entropy {self.apl_entropy!r} (known: sequence, token)")
         _require(self.xpo_alpha >= 0, f"--xpo-alpha must be >= 0, got {self.xpo_alpha}")
         if self.eval_bon is None:
             self.eval_bon = DEFAULT_BON if agent.best_of_n else 1

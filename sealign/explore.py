@@ -165,25 +165,32 @@ RULES: dict[str, Rule] = {"passive": passive, "ee_ts": ee_ts, "bai_ts": bai_ts, 
 # ---- baselines that select with the policy itself, not with a reward model -------------------
 
 
-def predictive_entropy(policy_logp: Tensor) -> Tensor:
+def predictive_entropy(policy_logp: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
     """Monte Carlo predictive entropy of the policy per prompt (APL, Muldrew et al. 2024, §4.1):
     H(π(·|x)) ≈ −(1/M) Σ_i log π(y_i | x) over M responses y_i sampled from π. `policy_logp` is
-    (P, M) summed sequence log-probs; returns (P,). High entropy = the policy is unsure what to
+    (P, M) summed sequence log-probs; returns (P,). With `lengths` (P, M) token counts, the
+    per-token estimate −(1/M) Σ_i log π(y_i | x) / |y_i|, which does not favour long answers. High entropy = the policy is unsure what to
     answer, so a label there teaches it most. (Ranking by the mean log-likelihood instead, as one
     earlier implementation does, selects the *least* uncertain prompts: the opposite sign.)"""
-    return -policy_logp.mean(dim=1)
+    per_response = policy_logp if lengths is None else policy_logp / lengths.clamp(min=1)
+    return -per_response.mean(dim=1)
 
 
 def apl_select(
-    policy_logp: Tensor, ref_logp: Tensor, beta: float, keep: int, mask: Optional[Tensor] = None
+    policy_logp: Tensor,
+    ref_logp: Tensor,
+    beta: float,
+    keep: int,
+    mask: Optional[Tensor] = None,
+    lengths: Optional[Tensor] = None,
 ) -> tuple[Tensor, DuelChoice]:
     """APL's acquisition (Muldrew et al. 2024): of a pool of P prompts keep the `keep` of highest
     `predictive_entropy`, and within each the pair with the largest gap in DPO's implicit reward
     r̂(y) = β (log π_θ(y|x) − log π_ref(y|x)) (both (P, M)). Returns the kept rows, most uncertain
-    first, and the pair of each kept row."""
+    first, and the pair of each kept row. `lengths` selects the per-token entropy estimate."""
     p, m = policy_logp.shape
     allowed = torch.ones(p, m, dtype=torch.bool) if mask is None else mask
-    rows = predictive_entropy(policy_logp).argsort(descending=True, stable=True)[:keep]  # (keep,)
+    rows = predictive_entropy(policy_logp, lengths).argsort(descending=True, stable=True)[:keep]  # (keep,)
     implicit = beta * (policy_logp - ref_logp)[rows]  # (keep, M)
     gap = (implicit[:, :, None] - implicit[:, None, :]).abs()  # (keep, M, M)
     ok = allowed[rows][:, :, None] & allowed[rows][:, None, :] & ~torch.eye(m, dtype=torch.bool)

@@ -34,12 +34,13 @@ class Selection:
     rows: list[int]  # prompts in the order they should be asked (APL: most uncertain first)
 
 
-LogProbs = Callable[[Sequence[str], Sequence[str]], tuple[Tensor, Tensor]]
+LogProbs = Callable[[Sequence[str], Sequence[str]], tuple[Tensor, Tensor, Tensor]]
 
 
 class Explorer:
     """`rule` names a selector of sealign.explore, or "apl", which ranks with the policy itself
-    and needs `policy_logprobs(prompts, responses) -> (log pi_theta, log pi_ref)` and `beta`."""
+    and needs `policy_logprobs(prompts, responses) -> (log pi_theta, log pi_ref, lengths)`, `beta`
+    and the entropy estimate, "sequence" or "token" (sealign.explore.predictive_entropy)."""
 
     def __init__(
         self,
@@ -50,9 +51,10 @@ class Explorer:
         *,
         policy_logprobs: Optional[LogProbs] = None,
         beta: float = 0.1,
+        entropy: str = "sequence",
     ):
         self.rule = None if rule == "apl" else SELECTORS[rule]
-        self.policy_logprobs, self.beta = policy_logprobs, beta
+        self.policy_logprobs, self.beta, self.per_token = policy_logprobs, beta, entropy == "token"
         self.generator = torch.Generator().manual_seed(seed)
         self.backbone: Optional[Backbone] = None
         self.erm: Optional[EpistemicRewardModel] = None
@@ -94,8 +96,9 @@ class Explorer:
         p, m = len(candidates.prompts), candidates.num_candidates
         flat_prompts = [x for x in candidates.prompts for _ in range(m)]
         flat = [y for row in candidates.responses for y in row]
-        policy_logp, ref_logp = (t.reshape(p, m) for t in self.policy_logprobs(flat_prompts, flat))
-        order, picked = apl_select(policy_logp, ref_logp, self.beta, keep=p, mask=mask)
+        policy_logp, ref_logp, lengths = (t.reshape(p, m) for t in self.policy_logprobs(flat_prompts, flat))
+        lengths = lengths.float() if self.per_token else None
+        order, picked = apl_select(policy_logp, ref_logp, self.beta, keep=p, mask=mask, lengths=lengths)
         first, second, clashed = (torch.empty_like(t) for t in picked)
         first[order], second[order], clashed[order] = picked
         return DuelChoice(first, second, clashed), order.tolist()

@@ -192,12 +192,18 @@ def train(
 
     @torch.no_grad()
     def policy_logprobs(prompts, responses):  # APL ranks with the actor's current pi_theta and pi_ref
-        policy, _ = sequence_logprobs(actor.model, tokenizer, prompts, responses)
+        policy, lengths = sequence_logprobs(actor.model, tokenizer, prompts, responses)
         reference, _ = sequence_logprobs(learner.ref, tokenizer, prompts, responses)
-        return policy, reference
+        return policy, reference, lengths
 
     explorer = Explorer(
-        cfg.explore, cfg.seed, erm_cfg if agent.learn_erm else None, ref.path, policy_logprobs=policy_logprobs, beta=cfg.beta
+        cfg.explore,
+        cfg.seed,
+        erm_cfg if agent.learn_erm else None,
+        ref.path,
+        policy_logprobs=policy_logprobs,
+        beta=cfg.beta,
+        entropy=cfg.apl_entropy,
     )
     if not resume:  # everything that can fail on bad input has been built: now the run exists
         folder.create({**config, "reference": fingerprint})

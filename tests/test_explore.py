@@ -151,3 +151,13 @@ def test_apl_pairs_the_largest_implicit_reward_gap():
 def test_xpo_duel_is_policy_sample_against_reference_sample():
     choice = policy_vs_reference(torch.zeros(0, 3, 2), gen())
     assert choice.first.tolist() == [0, 0, 0] and choice.second.tolist() == [1, 1, 1]
+
+
+def test_apl_per_token_entropy_does_not_favour_long_answers():
+    # prompt 0: one long unlikely answer pair (-12 over 6 tokens); prompt 1: short (-4 over 1)
+    policy = torch.tensor([[-12.0, -12.0], [-4.0, -4.0]])
+    lengths = torch.tensor([[6.0, 6.0], [1.0, 1.0]])
+    assert predictive_entropy(policy).tolist() == [12.0, 4.0]  # summed: the long answers look uncertain
+    assert predictive_entropy(policy, lengths).tolist() == [2.0, 4.0]  # per token: the short one is
+    rows, _ = apl_select(policy, torch.zeros_like(policy), 0.1, keep=1, lengths=lengths)
+    assert rows.tolist() == [1]
