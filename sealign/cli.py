@@ -237,6 +237,8 @@ def cmd_study(args: StudyArgs, out: OutputArgs) -> dict:
     text = study.report(title, curves, args.seeds)
     (root / f"{args.preset}.md").write_text(text)
     study.plot(curves, root / f"{args.preset}.png", title)
+    online = study.aggregate(arms, root, args.seeds, metric="online_win_rate")  # E&E: the duels themselves
+    study.plot(online, root / f"{args.preset}-online.png", title, metric_label="online win rate of the dueling responses")
     stdout.print(text, markup=False)
     return {"report": text, "curves": [dataclasses.asdict(c) for c in curves]}
 
