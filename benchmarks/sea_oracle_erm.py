@@ -38,8 +38,7 @@ def main() -> None:
 
     def select(self, candidates):
         p, m = len(candidates.prompts), candidates.num_candidates
-        flat_prompts = [x for x in candidates.prompts for _ in range(m)]
-        flat = [y for row in candidates.responses for y in row]
+        flat_prompts, flat = candidates.flat()
         true = torch.tensor(task.reward(flat_prompts, flat), dtype=torch.float32).reshape(p, m)
         rewards = true + args.noise * torch.randn(heads, p, m, generator=self.generator)  # (K, P, M)
         features = self.features(flat_prompts, flat).reshape(p, m, -1)

@@ -12,6 +12,7 @@ from sealign.config import EvalConfig
 from sealign.data import PromptRecord
 from sealign.oracles import Oracle
 from sealign.policy import generate
+from sealign.records import Candidates
 
 Scorer = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
 
@@ -27,10 +28,8 @@ def win_stats(probs: torch.Tensor) -> dict[str, float]:
 
 def best_of_n(candidates: Sequence[Sequence[str]], prompts: Sequence[str], scorer: Scorer) -> list[str]:
     """BoN inference: per prompt, the candidate the scorer ranks highest (first one on ties)."""
-    n = len(candidates[0])
-    flat_prompts = [p for p in prompts for _ in range(n)]
-    flat = [c for row in candidates for c in row]
-    scores = scorer(flat_prompts, flat).reshape(len(prompts), n)  # (P, N)
+    sets = Candidates(list(prompts), [list(row) for row in candidates])
+    scores = scorer(*sets.flat()).reshape(len(prompts), sets.num_candidates)  # (P, N)
     return [row[i] for row, i in zip(candidates, scores.argmax(dim=1).tolist())]
 
 

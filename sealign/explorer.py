@@ -79,9 +79,7 @@ class Explorer:
         if self.erm is None:
             rewards = torch.empty(0, p, m)
         else:
-            flat_prompts = [x for x in candidates.prompts for _ in range(m)]
-            flat = [y for row in candidates.responses for y in row]
-            features = self.features(flat_prompts, flat).reshape(p, m, -1)  # (P, M, d)
+            features = self.features(*candidates.flat()).reshape(p, m, -1)  # (P, M, d)
             rewards = self.erm.rewards(features)  # (K, P, M)
         mask = candidates.first_occurrences()
         rows = list(range(p))
@@ -94,9 +92,7 @@ class Explorer:
     def _apl(self, candidates: Candidates, mask: Tensor) -> tuple[DuelChoice, list[int]]:
         """APL over the whole pool: every prompt ranked by entropy, its pair by implicit-reward gap."""
         p, m = len(candidates.prompts), candidates.num_candidates
-        flat_prompts = [x for x in candidates.prompts for _ in range(m)]
-        flat = [y for row in candidates.responses for y in row]
-        policy_logp, ref_logp, lengths = (t.reshape(p, m) for t in self.policy_logprobs(flat_prompts, flat))
+        policy_logp, ref_logp, lengths = (t.reshape(p, m) for t in self.policy_logprobs(*candidates.flat()))
         lengths = lengths.float() if self.per_token else None
         order, picked = apl_select(policy_logp, ref_logp, self.beta, keep=p, mask=mask, lengths=lengths)
         first, second, clashed = (torch.empty_like(t) for t in picked)

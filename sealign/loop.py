@@ -325,8 +325,7 @@ def train(
             out["erm_label_accuracy"] = agree.double().mean().item()
         if agent.learn_erm:
             m = sel.candidates.num_candidates
-            flat = [y for row in sel.candidates.responses for y in row]
-            true = oracle.score([x for x in prompts for _ in range(m)], flat).reshape(len(prompts), m)  # (P, M)
+            true = oracle.score(*sel.candidates.flat()).reshape(len(prompts), m)  # (P, M)
             rows_ = torch.arange(len(prompts))
             chosen_gap = (true[rows_, sel.choice.first] - true[rows_, sel.choice.second]).abs()
             side = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.collected)  # leaves the run's RNGs alone

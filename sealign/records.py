@@ -21,6 +21,11 @@ class Candidates:
     def num_candidates(self) -> int:
         return len(self.responses[0])
 
+    def flat(self) -> tuple[list[str], list[str]]:
+        """(prompt, response) of every candidate, prompt-major: two lists of P * M."""
+        m = self.num_candidates
+        return [x for x in self.prompts for _ in range(m)], [y for row in self.responses for y in row]
+
     def first_occurrences(self) -> torch.Tensor:
         """(P, M) bool: False where a response repeats an earlier candidate of the same prompt."""
         return torch.tensor([[row.index(r) == j for j, r in enumerate(row)] for row in self.responses], dtype=torch.bool)
@@ -43,11 +48,6 @@ class Duels:
             first=[row[i] for row, i in zip(rows, first.tolist())],
             second=[row[i] for row, i in zip(rows, second.tolist())],
         )
-
-    def distinct(self) -> list[int]:
-        """Indices of the duels whose two responses differ. Two identical answers carry no
-        preference, so nobody is asked about them (and they cost no query)."""
-        return [i for i, (a, b) in enumerate(zip(self.first, self.second)) if a != b]
 
     def subset(self, indices: list[int]) -> "Duels":
         return Duels([self.prompts[i] for i in indices], [self.first[i] for i in indices], [self.second[i] for i in indices])
