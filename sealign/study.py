@@ -240,7 +240,7 @@ def efficiency(curves: list[Curve], baseline: str, contender: str) -> dict[str, 
     }
 
 
-def plot(curves: list[Curve], path: Path, title: str, metric_label: str = "greedy win rate vs references") -> None:
+def plot(curves: list[Curve], path: Path, title: str, metric_label: str = "win rate vs references (agent's inference)") -> None:
     """Curves of mean win rate against queries, shaded ± one standard error, pi_ref's level dashed."""
     import matplotlib
 
