@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ class ExportArgs:
 
 @dataclass
 class StudyArgs:
-    preset: str = field(metadata={"help": "which grid: losses, sea, rules, variants"})
+    preset: str = field(metadata={"help": "which grid: losses, sea, rules, baselines, variants"})
     out: str = field(metadata={"help": "study folder (runs/ inside it are shared between presets)"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "seeds of every arm"})
     jobs: int = field(default=0, metadata={"help": "runs at once, each in its own process; default: the number of cores"})
@@ -212,8 +213,6 @@ def cmd_train(
 
 def cmd_study(args: StudyArgs, out: OutputArgs) -> dict:
     """Run a preset grid (resumable) and print its report; also written to OUT/PRESET.md."""
-    import os
-
     from sealign import study
 
     if args.preset not in study.PRESETS:
@@ -223,12 +222,14 @@ def cmd_study(args: StudyArgs, out: OutputArgs) -> dict:
     jobs = args.jobs or os.cpu_count() or 1
     if jobs < 1:
         raise SealignError(f"--jobs must be positive, got {args.jobs}")
-    extra = [*(["--budget", str(args.budget)] if args.budget else []), *(["--eval-every", str(args.eval_every)] if args.eval_every else [])]
+    extra = [
+        *(["--budget", str(args.budget)] if args.budget is not None else []),
+        *(["--eval-every", str(args.eval_every)] if args.eval_every is not None else []),
+    ]
     title, arms = study.PRESETS[args.preset]
+    train_parser = _Parser(COMMANDS["train"][1][:-1])  # train's configs, without its output options
     for arm in arms:  # every arm's flags are valid before any run starts
-        cmd_check = [*arm.flags, *extra, "--out", "-"]
-        parser = _Parser([TaskConfig, PolicyConfig, SFTConfig, OracleConfig, ERMConfig, TrainConfig])
-        parser.parse_args_into_dataclasses(args=cmd_check)
+        train_parser.parse_args_into_dataclasses(args=[*arm.flags, *extra, "--out", "-"])
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     echo = (lambda line: None) if out.quiet else console.print

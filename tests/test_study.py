@@ -48,3 +48,11 @@ def test_unknown_preset_is_one_error_line(capsys, tmp_path):
     assert main(["study", "--preset", "fig9", "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown preset 'fig9'" in err[0]
+
+
+def test_impossible_run_settings_fail_before_any_run(capsys, tmp_path):
+    """--budget 0 reaches every arm's validation (it is not dropped as falsy): one line, no folder."""
+    assert main(["study", "--preset", "rules", "--out", str(tmp_path / "s"), "--budget", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--budget must be positive" in err[0]
+    assert not (tmp_path / "s").exists()
