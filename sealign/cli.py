@@ -50,12 +50,27 @@ class ExportArgs:
 
 @dataclass
 class StudyArgs:
-    preset: str = field(metadata={"help": "which grid: losses, sea, rules, baselines, variants"})
-    out: str = field(metadata={"help": "study folder (runs/ inside it are shared between presets)"})
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "seeds of every arm"})
+    study: str = field(metadata={"help": "a preset (fig1, fig5, fig6, fig7, losses) or a YAML file; may be given first, without --study"})
+    out: str = field(metadata={"help": "study folder: runs/ inside it are shared between studies, reports go to OUT/NAME/"})
+    seeds: int = field(default=3, metadata={"help": "seeds 0 .. N-1 of every arm"})
     jobs: int = field(default=0, metadata={"help": "runs at once, each in its own process; default: the number of cores"})
-    budget: Optional[int] = field(default=None, metadata={"help": "query budget of every run (default: train's)"})
-    eval_every: Optional[int] = field(default=None, metadata={"help": "evaluation interval of every run (default: train's)"})
+    budget: Optional[int] = field(default=None, metadata={"help": "override every arm's query budget"})
+    eval_every: Optional[int] = field(default=None, metadata={"help": "override every arm's evaluation interval"})
+
+
+@dataclass
+class PlotArgs:
+    runs: list[str] = field(metadata={"help": "run folders; may be given first, without --runs"})
+    out: str = field(default="runs.png", metadata={"help": "PNG file to write"})
+    metric: str = field(default="win_rate", metadata={"help": "metrics.jsonl column", "choices": ["win_rate", "online_win_rate", "win_prob", "kl", "loss"]})
+
+
+@dataclass
+class DemoArgs:
+    out: str = field(default="runs/demo", metadata={"help": "folder of the demo's runs, report and plot (reused when run again)"})
+    budget: int = field(default=2000, metadata={"help": "query budget of each agent"})
+    eval_every: int = field(default=250, metadata={"help": "queries between evaluations"})
+    seed: int = field(default=0, metadata={"help": "run seed"})
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -135,30 +150,37 @@ def cmd_eval(
     return {"policy": str(path), "decoding": mode, **stats}
 
 
-def cmd_demo(
-    task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, oracle_cfg: OracleConfig, out: OutputArgs
-) -> dict:
-    """Build pi_ref if needed and show how far it is from the best of its own samples."""
-    sft = cmd_sft(task_cfg, policy_cfg, sft_cfg, out)
-    path = Path(sft["path"])
-    rows = {
-        "greedy": EvalConfig(),
-        "best-of-64 by hidden reward": EvalConfig(best_of=64),
-    }
-    table = Table(title=f"pi_ref on {task_cfg.n_holdout} held-out {task_cfg.task} prompts, vs reference summaries")
-    for col in ("decoding", "win_rate", "win_prob", "mean length", "seconds"):
-        table.add_column(col)
-    from sealign.tasks import make_task
+def cmd_demo(task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, args: DemoArgs, out: OutputArgs) -> dict:
+    """The paper's claim on the built-in task: build (or reuse) pi_ref, run online DPO and
+    SEA-DPO on the same budget and seed, and compare their win rates against queries."""
+    from sealign import study
 
-    task = make_task(task_cfg)
-    results = {}
-    for name, cfg in rows.items():
-        stats = _evaluate(path, task, task.records("holdout"), oracle_cfg, cfg)
-        results[name] = stats
-        table.add_row(name, f"{stats['win_rate']:.3f}", f"{stats['win_prob']:.3f}", f"{stats['mean_length']:.2f}", str(stats["seconds"]))
+    if args.budget <= 0 or args.eval_every <= 0:
+        raise SealignError("--budget and --eval-every must be positive")
+    cmd_sft(task_cfg, policy_cfg, sft_cfg, out)
+    passed = " ".join(f"--{name} {value}" for name, value in _changed([task_cfg, policy_cfg, sft_cfg]).items())
+    spec = {
+        "title": f"online DPO vs SEA-DPO, {args.budget} queries, seed {args.seed}",
+        "flags": f"--budget {args.budget} --eval-every {args.eval_every} {passed}",
+        "arms": {"online dpo": study.ONLINE["dpo"], "sea dpo": study.SEA["dpo"]},
+    }
+    demo = study.study_from_spec("demo", spec)
+    _check_arms(demo)
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    study.run_study(demo.arms, root, [args.seed], jobs=1, echo=console.print, quiet=out.quiet)
+    curves = study.aggregate(demo.arms, root, [args.seed])
+    levels, need = study.level_queries(curves, (1.0,))
+    table = Table(title=demo.title)
+    for col in ("agent", "win rate pi_ref", "final win rate", f"queries to reach {levels[0]:.3f} (online's final)", "wall s"):
+        table.add_column(col)
+    for c in curves:
+        q = need[c.label][0]
+        table.add_row(c.label, f"{c.reference:.3f}", f"{c.finals[0]:.3f}", "not reached" if q is None else f"{q:.0f}", f"{c.walls[0]:.0f}")
     stdout.print(table)
-    console.print("The gap between the two rows is the room alignment has to climb.")
-    return {"sft": sft, "eval": results}
+    study.plot(curves, root / "demo.png", demo.title)
+    console.print(f"plot: {root / 'demo.png'}; runs: {root / 'runs'}")
+    return {"curves": [dataclasses.asdict(c) for c in curves], "level": levels[0], "queries_to_level": need}
 
 
 def cmd_export(task_cfg: TaskConfig, args: ExportArgs, out: OutputArgs) -> dict:
@@ -184,16 +206,9 @@ def cmd_train(
     from sealign.loop import train
 
     if cfg.resume:  # a resumed run keeps its saved settings: refuse flags that would be ignored
-        given = [task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, dataclasses.replace(cfg, resume=None, out="-")]
-        defaults = [TaskConfig(), PolicyConfig(), SFTConfig(), OracleConfig(), ERMConfig(), TrainConfig(out="-")]
-        changed = [
-            f"--{name.replace('_', '-')}"
-            for g, d in zip(given, defaults)
-            for name, value in dataclasses.asdict(g).items()
-            if value != getattr(d, name)
-        ]
+        changed = _changed([task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, dataclasses.replace(cfg, resume=None, out="-")])
         if changed:
-            raise SealignError(f"--resume continues with the run's saved settings; drop {', '.join(changed)}")
+            raise SealignError(f"--resume continues with the run's saved settings; drop {', '.join('--' + n for n in changed)}")
 
     summary = train(cfg, task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, progress=not out.quiet)
     table = Table(title=f"{summary['agent']} {summary['loss']} — {cfg.resume or cfg.out}")
@@ -211,42 +226,90 @@ def cmd_train(
     return summary
 
 
-def cmd_study(args: StudyArgs, out: OutputArgs) -> dict:
-    """Run a preset grid (resumable) and print its report; also written to OUT/PRESET.md."""
-    from sealign import study
+def _changed(cfgs: list) -> dict[str, object]:
+    """Flag name -> value of every setting that differs from its default."""
+    changed = {}
+    for cfg in cfgs:
+        default = TrainConfig(out="-") if isinstance(cfg, TrainConfig) else type(cfg)()
+        changed.update({n.replace("_", "-"): v for n, v in dataclasses.asdict(cfg).items() if v != getattr(default, n)})
+    return changed
 
-    if args.preset not in study.PRESETS:
-        raise SealignError(f"unknown preset {args.preset!r} (known: {', '.join(study.PRESETS)})")
-    if not args.seeds:
-        raise SealignError("--seeds needs at least one seed")
+
+def _check_arms(plan) -> list[tuple]:
+    """Every arm's flags parsed as `sealign train` would, before any run starts; returns the
+    configs of each arm."""
+    parser = _Parser(COMMANDS["train"][1][:-1])  # train's configs, without its output options
+    configs = []
+    for arm in plan.arms:
+        try:
+            configs.append(parser.parse_args_into_dataclasses(args=[*arm.flags, "--out", "-"]))
+        except SealignError as e:
+            raise SealignError(f"study {plan.name}, arm {arm.label!r}: {e}") from None
+    return configs
+
+
+def cmd_study(args: StudyArgs, out: OutputArgs) -> dict:
+    """Run a study's grid (resumable), then write OUT/NAME/report.md, curves.csv and plots."""
+    from sealign import study
+    from sealign.sft import ensure_reference, reference_dir
+
+    if args.seeds < 1:
+        raise SealignError(f"--seeds must be at least 1, got {args.seeds}")
     jobs = args.jobs or os.cpu_count() or 1
     if jobs < 1:
         raise SealignError(f"--jobs must be positive, got {args.jobs}")
-    extra = [
-        *(["--budget", str(args.budget)] if args.budget is not None else []),
-        *(["--eval-every", str(args.eval_every)] if args.eval_every is not None else []),
-    ]
-    title, arms = study.PRESETS[args.preset]
-    train_parser = _Parser(COMMANDS["train"][1][:-1])  # train's configs, without its output options
-    for arm in arms:  # every arm's flags are valid before any run starts
-        train_parser.parse_args_into_dataclasses(args=[*arm.flags, *extra, "--out", "-"])
+    overrides = " ".join(
+        [*(["--budget", str(args.budget)] if args.budget is not None else []), *(["--eval-every", str(args.eval_every)] if args.eval_every is not None else [])]
+    )
+    plan = study.load_study(args.study, overrides)
+    configs = _check_arms(plan)
+    seeds = list(range(args.seeds))
     root = Path(args.out)
-    root.mkdir(parents=True, exist_ok=True)
+    report_dir = root / plan.name
+    report_dir.mkdir(parents=True, exist_ok=True)
+    references = {}  # built once here, not by parallel runs racing to build the same one
+    for task_cfg, policy_cfg, sft_cfg, *_ in configs:
+        references.setdefault(reference_dir(task_cfg, policy_cfg, sft_cfg), (task_cfg, policy_cfg, sft_cfg))
+    for task_cfg, policy_cfg, sft_cfg in references.values():
+        ensure_reference(task_cfg, policy_cfg, sft_cfg, progress=not out.quiet)
     echo = (lambda line: None) if out.quiet else console.print
-    study.run_study(arms, root, args.seeds, jobs, extra, echo=echo)
-    curves = study.aggregate(arms, root, args.seeds)
-    text = study.report(title, curves, args.seeds)
-    (root / f"{args.preset}.md").write_text(text)
-    study.plot(curves, root / f"{args.preset}.png", title)
-    online = study.aggregate(arms, root, args.seeds, metric="online_win_rate")  # E&E: the duels themselves
-    study.plot(online, root / f"{args.preset}-online.png", title, metric_label="online win rate of the dueling responses")
-    stdout.print(text, markup=False)
-    return {"report": text, "curves": [dataclasses.asdict(c) for c in curves]}
+    start = time.perf_counter()
+    study.run_study(plan.arms, root, seeds, jobs, echo=echo)
+    elapsed = time.perf_counter() - start
+    curves = study.aggregate(plan.arms, root, seeds)
+    text = study.report(plan, curves, seeds)
+    (report_dir / "report.md").write_text(text)
+    study.write_csv(curves, report_dir / "curves.csv", "win_rate", len(seeds))
+    study.plot(curves, report_dir / "win_rate.png", plan.title, "win rate vs references (the agent's inference)")
+    online = study.aggregate(plan.arms, root, seeds, metric="online_win_rate")  # E&E: the duels themselves
+    study.write_csv(online, report_dir / "online_curves.csv", "online_win_rate", len(seeds))
+    study.plot(online, report_dir / "online_win_rate.png", plan.title, "online win rate of the dueling responses")
+    if plan.scaling:
+        study.plot_scaling(curves, report_dir / "scaling.png", plan.title)
+    stdout.print(text, markup=False, soft_wrap=True)
+    console.print(f"report, CSV and plots in {report_dir}; {elapsed:.0f} s of wall time for the runs done now")
+    return {"report": text, "curves": [dataclasses.asdict(c) for c in curves], "seconds": round(elapsed, 1)}
+
+
+def cmd_plot(args: PlotArgs, out: OutputArgs) -> dict:
+    """Curves of any run folders on one figure."""
+    from sealign import study
+
+    folders = [Path(r) for r in args.runs]
+    for folder in folders:
+        if not (folder / "metrics.jsonl").is_file():
+            raise SealignError(f"{folder} is not a run folder (no metrics.jsonl)")
+    if not Path(args.out).resolve().parent.is_dir():
+        raise SealignError(f"--out {args.out!r}: its folder does not exist")
+    curves = [study.curve_of(folder.name, [folder], args.metric) for folder in folders]
+    study.plot(curves, Path(args.out), f"{args.metric} of {len(curves)} run(s)", args.metric.replace("_", " "))
+    console.print(f"wrote {args.out}")
+    return {"out": args.out, "runs": [str(f) for f in folders]}
 
 
 Command = tuple[Callable[..., dict], list[type], str]
 COMMANDS: dict[str, Command] = {
-    "demo": (cmd_demo, [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, OutputArgs], "the main job on the built-in task"),
+    "demo": (cmd_demo, [TaskConfig, PolicyConfig, SFTConfig, DemoArgs, OutputArgs], "online DPO vs SEA-DPO on the built-in task (the main job)"),
     "sft": (cmd_sft, [TaskConfig, PolicyConfig, SFTConfig, OutputArgs], "build (or reuse) the reference policy pi_ref"),
     "eval": (
         cmd_eval,
@@ -259,8 +322,12 @@ COMMANDS: dict[str, Command] = {
         "run an agent under a query budget",
     ),
     "study": (cmd_study, [StudyArgs, OutputArgs], "run a grid of agents x seeds and report win-rate curves"),
+    "plot": (cmd_plot, [PlotArgs, OutputArgs], "plot run folders on one figure"),
     "export": (cmd_export, [TaskConfig, ExportArgs, OutputArgs], "write a task split as JSONL"),
 }
+
+
+POSITIONAL = {"study": "study", "plot": "runs"}  # the field that leading bare words fill
 
 
 def _usage() -> str:
@@ -279,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         if name not in COMMANDS:
             raise SealignError(f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
         fn, types, doc = COMMANDS[name]
+        if name in POSITIONAL and rest and not rest[0].startswith("-"):
+            n = next((i for i, token in enumerate(rest) if token.startswith("-")), len(rest))
+            rest = [f"--{POSITIONAL[name]}", *rest[:n], *rest[n:]]
         parser = _Parser(types, prog=f"sealign {name}", description=doc)
         *cfgs, remaining = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
         if remaining:

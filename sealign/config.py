@@ -48,6 +48,8 @@ class TaskConfig:
 
 # Built-in policy sizes (GPT-2 architecture): name -> (n_embd, n_layer, n_head).
 POLICY_SIZES: dict[str, tuple[int, int, int]] = {
+    "nano": (32, 4, 4),  # ~0.06M parameters
+    "micro": (64, 4, 4),  # ~0.23M parameters
     "tiny": (128, 4, 4),  # ~0.9M parameters
     "small": (256, 5, 8),  # ~4M
     "base": (384, 8, 8),  # ~14M

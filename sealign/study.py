@@ -1,12 +1,18 @@
-"""Studies: a grid of arms (agent × loss × rule ...) run for several seeds in parallel processes,
-resumable, and aggregated into mean ± standard error curves of win rate against queries.
+"""Studies: a grid of arms (agent × loss × size × oracle mode ...) run for several seeds in
+parallel processes, resumable, and aggregated into mean ± standard error curves of win rate
+against queries, with reports, CSV and plots.
 
-An arm is a label and the `sealign train` flags that define it. Its runs live in
-`OUT/runs/<slug of the flags>-s<seed>`, so two presets that share an arm share its runs.
+A study is a title and arms, each arm a label and the `sealign train` flags that define it,
+grouped into panels (one sub-figure each). Presets mirror the paper's figures; a YAML file
+with the same keys defines any other grid. An arm's runs live in
+`OUT/runs/<slug of its flags>-s<seed>`, so studies in one folder share the runs they have in
+common, and a finished run is never run twice.
 """
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import math
 import os
@@ -18,68 +24,234 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from sealign.errors import SealignError
+
+# ---- specification --------------------------------------------------------------------------
+
+
+def parse_flags(flags: Sequence[str], where: str) -> dict[str, tuple[str, ...]]:
+    """`--name v ... --flag` -> {"name": ("v", ...), "flag": ()}, in order of appearance."""
+    parsed: dict[str, tuple[str, ...]] = {}
+    name: Optional[str] = None
+    for token in flags:
+        if token.startswith("--"):
+            name = token[2:]
+            parsed[name] = ()
+        elif name is None:
+            raise SealignError(f"{where}: {token!r} is not preceded by a --flag")
+        else:
+            parsed[name] += (token,)
+    return parsed
+
+
+RESERVED = ("seed", "out", "resume")  # the study sets these itself
 
 
 @dataclass(frozen=True)
 class Arm:
     label: str
     flags: tuple[str, ...]
+    panel: str = ""
 
     @property
     def slug(self) -> str:
         return re.sub(r"[^A-Za-z0-9.]+", "-", " ".join(self.flags).replace("--", "")).strip("-")
 
+    def option(self, name: str, default: str) -> str:
+        return " ".join(parse_flags(self.flags, self.label).get(name, (default,)))
 
-def _arms(*rows: tuple[str, str]) -> list[Arm]:
-    return [Arm(label, tuple(flags.split())) for label, flags in rows]
 
+def make_arm(label: str, panel: str, flags: str, defaults: Sequence[str], overrides: str, where: str) -> Arm:
+    """The arm's own flags first, then the defaults it does not set (the study's, then its
+    panel's, the later winning); command-line overrides win over everything."""
+    own = parse_flags(flags.split(), where)
+    layers = [parse_flags(layer.split(), where) for layer in (*defaults, overrides)]
+    for name in RESERVED:
+        if any(name in layer for layer in (own, *layers)):
+            raise SealignError(f"{where}: --{name} is set by the study itself")
+    shared: dict[str, tuple[str, ...]] = {}
+    for layer in layers[:-1]:
+        shared.update(layer)
+    merged = {**own, **{name: values for name, values in shared.items() if name not in own}, **layers[-1]}
+    tokens = [t for name, values in merged.items() for t in (f"--{name}", *values)]
+    return Arm(label, tuple(tokens), panel)
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    title: str
+    arms: tuple[Arm, ...]
+    scaling: bool = False  # also plot final win rate and queries-to-level across panels (Fig. 1)
+
+    @property
+    def panels(self) -> list[str]:
+        return list(dict.fromkeys(a.panel for a in self.arms))
+
+
+def _flag_text(value: Any, where: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+        return " ".join(map(str, value))
+    raise SealignError(f"{where}: flags must be a string or a list, got {value!r}")
+
+
+def _arms_of(group: dict, where: str) -> list[tuple[str, str]]:
+    """(label, flags) of a group given as `arms: {label: flags}` or `grid: {flag: [values]}`."""
+    if ("arms" in group) == ("grid" in group):
+        raise SealignError(f"{where}: give exactly one of 'arms' or 'grid'")
+    if "arms" in group:
+        arms = group["arms"]
+        if not isinstance(arms, dict) or not arms:
+            raise SealignError(f"{where}: 'arms' must map labels to train flags")
+        return [(str(label), _flag_text(flags, f"{where}, arm {label!r}")) for label, flags in arms.items()]
+    grid = group["grid"]
+    if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+        raise SealignError(f"{where}: 'grid' must map flag names to non-empty lists of values")
+    names = [str(n).lstrip("-") for n in grid]
+    return [
+        (" ".join(map(str, values)), " ".join(f"--{n} {v}" for n, v in zip(names, values)))
+        for values in itertools.product(*grid.values())
+    ]
+
+
+def _check_keys(d: Any, allowed: set[str], where: str) -> None:
+    if not isinstance(d, dict):
+        raise SealignError(f"{where}: expected a mapping, got {type(d).__name__}")
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise SealignError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
+
+
+def study_from_spec(name: str, spec: Any, overrides: str = "") -> Study:
+    """Build and check a study from its plain-data form (a preset or a parsed YAML file).
+
+    Keys: title, flags (shared by every arm), scaling, and either arms/grid (one panel) or
+    panels: a list of {title, flags, arms|grid}.
+    """
+    group_keys = {"title", "flags", "arms", "grid"}
+    _check_keys(spec, group_keys | {"panels", "scaling"}, f"study {name}")
+    if not isinstance(spec.get("title"), str):
+        raise SealignError(f"study {name}: needs a 'title' string")
+    shared = _flag_text(spec.get("flags"), f"study {name}")
+    if "panels" in spec:
+        if "arms" in spec or "grid" in spec:
+            raise SealignError(f"study {name}: give either 'panels' or 'arms'/'grid', not both")
+        panels = spec["panels"]
+        if not isinstance(panels, list) or not panels:
+            raise SealignError(f"study {name}: 'panels' must be a non-empty list")
+    else:
+        panels = [{k: spec[k] for k in ("arms", "grid") if k in spec}]
+    arms: list[Arm] = []
+    for i, panel in enumerate(panels):
+        where = f"study {name}, panel {i + 1}"
+        _check_keys(panel, group_keys, where)
+        title = str(panel.get("title", ""))
+        panel_flags = _flag_text(panel.get("flags"), where)
+        for label, flags in _arms_of(panel, where):
+            arms.append(make_arm(label, title, flags, (shared, panel_flags), overrides, f"{where}, arm {label!r}"))
+    slugs = [(a.panel, a.label) for a in arms]
+    if len(set(slugs)) != len(slugs):
+        raise SealignError(f"study {name}: two arms share a panel and a label")
+    scaling = spec.get("scaling", False)
+    if not isinstance(scaling, bool):
+        raise SealignError(f"study {name}: 'scaling' must be true or false")
+    return Study(name, spec["title"], tuple(arms), scaling)
+
+
+def load_study(ref: str, overrides: str = "") -> Study:
+    """A preset by name, or a YAML file by path."""
+    if ref in PRESETS:
+        return study_from_spec(ref, PRESETS[ref], overrides)
+    path = Path(ref)
+    if path.suffix not in (".yaml", ".yml"):
+        raise SealignError(f"unknown preset {ref!r} (known: {', '.join(PRESETS)}; or a .yaml file)")
+    if not path.is_file():
+        raise SealignError(f"study file {ref!r} does not exist")
+    import yaml
+
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SealignError(f"study file {ref!r} is not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+    return study_from_spec(path.stem, spec, overrides)
+
+
+# ---- presets: the paper's figures at built-in-task scale -------------------------------------
 
 ONLINE = {"dpo": "--agent online --loss dpo", "ipo": "--agent online --loss ipo --beta 0.5", "slic": "--agent online --loss slic"}
+OFFLINE = {loss: flags.replace("online", "offline") for loss, flags in ONLINE.items()}
 SEA = {loss: flags.replace("online", "sea") for loss, flags in ONLINE.items()}
+APL, XPO = "--agent apl --loss dpo", "--agent xpo --loss dpo"
+CONTENDERS = {"online dpo": ONLINE["dpo"], "sea dpo": SEA["dpo"], "apl": APL, "xpo": XPO}
 
-PRESETS: dict[str, tuple[str, list[Arm]]] = {
-    "losses": (
-        "online vs offline DAP with every loss",
-        _arms(
-            ("online dpo", ONLINE["dpo"]),
-            ("offline dpo", "--agent offline --loss dpo"),
-            ("online ipo", ONLINE["ipo"]),
-            ("online slic", ONLINE["slic"]),
-            ("online simpo", "--agent online --loss simpo"),
-        ),
-    ),
-    "sea": (
-        "SEA vs online DAP with DPO, IPO and SLiC (paper Fig. 5)",
-        _arms(*[(f"{agent} {loss}", arms[loss]) for loss in ONLINE for agent, arms in (("online", ONLINE), ("sea", SEA))]),
-    ),
-    "rules": (
-        "exploration rules inside SEA-DPO (paper Fig. 7)",
-        _arms(
-            ("sea ee_ts", SEA["dpo"] + " --explore ee_ts"),
-            ("sea bai_ts", SEA["dpo"]),
-            ("sea uncertainty", SEA["dpo"] + " --explore uncertainty"),
-        ),
-    ),
-    "baselines": (
-        "prior active-exploration baselines APL and XPO beside online DPO and SEA-DPO (paper Fig. 1, 5)",
-        _arms(("online dpo", ONLINE["dpo"]), ("sea dpo", SEA["dpo"]), ("apl", "--agent apl --loss dpo"), ("xpo", "--agent xpo --loss dpo")),
-    ),
-    "variants": (
-        "Table 1 variants 1-7 with DPO (paper Fig. 6)",
-        _arms(
-            ("1 online", ONLINE["dpo"]),
-            ("2 sea-noalign", "--agent sea-noalign --loss dpo"),
-            ("3 sea", SEA["dpo"]),
-            ("4 bon-passive", "--agent bon-passive --loss dpo"),
-            ("5 bon-active", "--agent bon-active --loss dpo"),
-            ("6 sea-bon", "--agent sea-bon --loss dpo"),
-            ("7 erm-bon", "--agent erm-bon --loss dpo"),
-        ),
-    ),
+PRESETS: dict[str, dict] = {
+    "fig1": {
+        "title": "SEA-DPO vs online DPO, APL and XPO at three policy sizes (paper Fig. 1)",
+        "flags": "--budget 2000 --eval-every 250",
+        "scaling": True,
+        "panels": [{"title": f"size {size}", "flags": f"--size {size}", "arms": CONTENDERS} for size in ("nano", "micro", "tiny")],
+    },
+    "fig5": {
+        "title": "offline, online and SEA with DPO, IPO and SLiC, and APL and XPO (paper Fig. 5)",
+        "flags": "--eval-every 250",
+        "panels": [
+            {
+                "title": loss.upper() if loss != "slic" else "SLiC",
+                "arms": {
+                    f"offline {loss}": OFFLINE[loss],
+                    f"online {loss}": ONLINE[loss],
+                    f"sea {loss}": SEA[loss],
+                    **({"apl": APL, "xpo": XPO} if loss == "dpo" else {}),
+                },
+            }
+            for loss in ONLINE
+        ],
+    },
+    "fig6": {
+        "title": "Table 1 variants 1-7 with DPO (paper Fig. 6)",
+        "panels": [
+            {
+                "title": "policy inference (variants 1-3)",
+                "arms": {
+                    "1 online": ONLINE["dpo"] + " --eval-every 250",
+                    "2 sea-noalign": "--agent sea-noalign --loss dpo --eval-every 500",
+                    "3 sea": SEA["dpo"] + " --eval-every 250",
+                },
+            },
+            {
+                "title": "best-of-N inference (variants 4-7)",
+                "flags": "--eval-every 500",
+                "arms": {f"{i} {agent}": f"--agent {agent} --loss dpo" for i, agent in enumerate(("bon-passive", "bon-active", "sea-bon", "erm-bon"), 4)},
+            },
+        ],
+    },
+    "fig7": {
+        "title": "exploration rules in SEA-DPO, and a noisy human oracle (paper Fig. 7, §6.4)",
+        "flags": "--eval-every 250",
+        "panels": [
+            {
+                "title": "exploration rules",
+                "arms": {"sea ee_ts": SEA["dpo"] + " --explore ee_ts", "sea bai_ts": SEA["dpo"], "sea uncertainty": SEA["dpo"] + " --explore uncertainty"},
+            },
+            {"title": "noisy human (Bernoulli labels)", "flags": "--label-mode bernoulli", "arms": CONTENDERS},
+        ],
+    },
+    "losses": {
+        "title": "online vs offline DAP with every loss",
+        "arms": {"online dpo": ONLINE["dpo"], "offline dpo": OFFLINE["dpo"], "online ipo": ONLINE["ipo"], "online slic": ONLINE["slic"], "online simpo": "--agent online --loss simpo"},
+    },
 }
+
+
+# ---- statistics -----------------------------------------------------------------------------
 
 
 def mean_se(values: Sequence[float]) -> tuple[float, float]:
@@ -102,39 +274,48 @@ def queries_to_reach(queries: Sequence[float], values: Sequence[float], level: f
     return None
 
 
-# ---- running ------------------------------------------------------------------------------
+# ---- running --------------------------------------------------------------------------------
 
 
-def run_one(folder: Path, flags: Sequence[str], seed: int, threads: int) -> str:
+def run_folder(out: Path, arm: Arm, seed: int) -> Path:
+    return out / "runs" / f"{arm.slug}-s{seed}"
+
+
+def run_one(folder: Path, flags: Sequence[str], seed: int, threads: int, quiet: bool = True) -> str:
     """Run (or resume, or skip) one seed of one arm in its own process; returns its status."""
     if (folder / "summary.json").is_file():
         return "done before"
-    where = ["--resume", str(folder)] if (folder / "config.json").is_file() else [*flags, "--seed", str(seed), "--out", str(folder)]
+    resuming = (folder / "config.json").is_file()
+    where = ["--resume", str(folder)] if resuming else [*flags, "--seed", str(seed), "--out", str(folder)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.run([sys.executable, "-m", "sealign", "train", *where, "--quiet"], env=env, capture_output=True, text=True)
+    command = [sys.executable, "-m", "sealign", "train", *where, *(["--quiet"] if quiet else [])]
+    proc = subprocess.run(command, env=env, capture_output=quiet, text=True)
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
+        last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1] if quiet else f"exit code {proc.returncode}"
         raise SealignError(f"run {folder} failed: {last}")
-    return "ran"
+    return "resumed" if resuming else "ran"
 
 
-def run_study(arms: list[Arm], out: Path, seeds: Sequence[int], jobs: int, extra: Sequence[str] = (), echo=print) -> None:
+def run_study(
+    arms: Sequence[Arm], out: Path, seeds: Sequence[int], jobs: int, echo: Callable[[str], None] = print, quiet: bool = True
+) -> None:
     """Every (arm, seed) not finished yet, `jobs` at a time, each with cores // jobs threads."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    tasks = [(out / "runs" / f"{arm.slug}-s{seed}", (*arm.flags, *extra), seed, arm.label) for arm in arms for seed in seeds]
+    tasks = [(run_folder(out, arm, seed), arm, seed) for arm in arms for seed in seeds]
     start = time.perf_counter()
 
     def work(task):
-        folder, flags, seed, label = task
-        status = run_one(folder, flags, seed, threads)
-        echo(f"{label} seed {seed}: {status} ({time.perf_counter() - start:.0f} s)")
+        folder, arm, seed = task
+        status = run_one(folder, arm.flags, seed, threads, quiet)
+        where = f"{arm.panel}: " if arm.panel else ""
+        echo(f"{where}{arm.label} seed {seed}: {status} ({time.perf_counter() - start:.0f} s)")
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for future in [pool.submit(work, t) for t in tasks]:
             future.result()
 
 
-# ---- aggregation --------------------------------------------------------------------------
+# ---- aggregation ----------------------------------------------------------------------------
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -144,123 +325,206 @@ def _read_jsonl(path: Path) -> list[dict]:
 @dataclass
 class Curve:
     label: str
+    panel: str
     queries: list[int]
     mean: list[float]
     se: list[float]
     finals: list[float]  # final win rate per seed
     walls: list[float]  # wall seconds per seed
     online: list[float]  # per seed: online win rate of the dueling responses, averaged over the run (E&E)
-    last: dict[str, float]  # mean over seeds of the last evaluation's other figures
+    agent: str = ""
+
+    @property
+    def reference(self) -> float:
+        """pi_ref's level: the evaluation before any query."""
+        return self.mean[0]
 
 
-def aggregate(arms: list[Arm], out: Path, seeds: Sequence[int], metric: str = "win_rate") -> list[Curve]:
-    """Mean ± s.e. over seeds of `metric` at every evaluation point of each arm."""
-    curves = []
-    for arm in arms:
-        runs = [_read_jsonl(out / "runs" / f"{arm.slug}-s{seed}" / "metrics.jsonl") for seed in seeds]
-        summaries = [json.loads((out / "runs" / f"{arm.slug}-s{seed}" / "summary.json").read_text()) for seed in seeds]
-        points = sorted(set.intersection(*[{r["queries"] for r in rows if metric in r} for rows in runs]))
-        by_q = [{r["queries"]: r[metric] for r in rows if metric in r} for rows in runs]
-        stats = [mean_se([b[q] for b in by_q]) for q in points]
-        last_keys = set.intersection(*[{k for k, v in rows[-1].items() if isinstance(v, (int, float))} for rows in runs])
-        curves.append(
-            Curve(
-                label=arm.label,
-                queries=points,
-                mean=[m for m, _ in stats],
-                se=[s for _, s in stats],
-                finals=[s["final_win_rate"] for s in summaries],
-                walls=[s["wall_seconds"] for s in summaries],
-                online=[
-                    sum(r["online_win_rate"] for r in rows if "online_win_rate" in r)
-                    / max(1, sum("online_win_rate" in r for r in rows))
-                    for rows in runs
-                ],
-                last={k: sum(rows[-1][k] for rows in runs) / len(runs) for k in sorted(last_keys)},
-            )
-        )
+def curve_of(label: str, folders: Sequence[Path], metric: str = "win_rate", panel: str = "") -> Curve:
+    """Mean ± s.e. over the run folders of `metric` at the evaluation points they all have."""
+    for folder in folders:
+        if not (folder / "summary.json").is_file():
+            raise SealignError(f"{folder} is not a finished run (no summary.json)")
+    runs = [_read_jsonl(folder / "metrics.jsonl") for folder in folders]
+    summaries = [json.loads((folder / "summary.json").read_text()) for folder in folders]
+    points = sorted(set.intersection(*[{r["queries"] for r in rows if metric in r} for rows in runs]))
+    if not points:
+        raise SealignError(f"{label}: the runs share no evaluation of {metric!r}")
+    by_q = [{r["queries"]: r[metric] for r in rows if metric in r} for rows in runs]
+    stats = [mean_se([b[q] for b in by_q]) for q in points]
+    online = [[r["online_win_rate"] for r in rows if "online_win_rate" in r] for rows in runs]
+    return Curve(
+        label=label,
+        panel=panel,
+        queries=points,
+        mean=[m for m, _ in stats],
+        se=[s for _, s in stats],
+        finals=[s["final_win_rate"] for s in summaries],
+        walls=[s["wall_seconds"] for s in summaries],
+        online=[sum(o) / len(o) if o else float("nan") for o in online],
+        agent=str(summaries[0].get("agent", "")),
+    )
+
+
+def aggregate(arms: Sequence[Arm], out: Path, seeds: Sequence[int], metric: str = "win_rate") -> list[Curve]:
+    curves = [curve_of(a.label, [run_folder(out, a, s) for s in seeds], metric, a.panel) for a in arms]
+    for arm, curve in zip(arms, curves):
+        curve.agent = arm.option("agent", curve.agent)
     return curves
+
+
+def write_csv(curves: Sequence[Curve], path: Path, metric: str, seeds: int) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["panel", "arm", "metric", "queries", "mean", "se", "seeds"])
+        for c in curves:
+            for q, m, s in zip(c.queries, c.mean, c.se):
+                w.writerow([c.panel, c.label, metric, q, f"{m:.6f}", "" if math.isnan(s) else f"{s:.6f}", seeds])
+
+
+# ---- reports --------------------------------------------------------------------------------
+
+LEVELS = (0.5, 0.75, 1.0)  # shares of the baseline's final gain over pi_ref
+
+
+def baseline_of(curves: Sequence[Curve]) -> Curve:
+    """The arm the others are measured against: passive online DAP when the panel has it."""
+    return next((c for c in curves if c.agent == "online"), curves[0])
+
+
+def level_queries(curves: Sequence[Curve], shares: Sequence[float] = LEVELS) -> tuple[list[float], dict[str, list[Optional[float]]]]:
+    """Win-rate levels pi_ref + share × (baseline final − pi_ref), and the queries each arm's
+    mean curve needs to reach each one (None: not reached)."""
+    base = baseline_of(curves)
+    levels = [base.reference + s * (base.mean[-1] - base.reference) for s in shares]
+    return levels, {c.label: [queries_to_reach(c.queries, c.mean, lv) for lv in levels] for c in curves}
 
 
 def _fmt(m: float, se: float) -> str:
     return f"{m:.3f} ± {se:.3f}" if not math.isnan(se) else f"{m:.3f}"
 
 
-def report(title: str, curves: list[Curve], seeds: Sequence[int], every: int = 1000) -> str:
-    """Markdown: final win rates, the curves every `every` queries, and, for every pair of arms
-    "online X" / "sea X", the queries SEA needs to reach online's final level."""
-    lines = [f"### {title}", "", f"Seeds {', '.join(map(str, seeds))}; mean ± standard error.", ""]
-    lines += [
+def _panel_report(curves: Sequence[Curve], marks: int = 5) -> list[str]:
+    lines = [
         "| arm | final win rate | gain over pi_ref | online win rate, whole run | wall s per run |",
         "|---|---|---|---|---|",
     ]
     for c in curves:
-        gain = mean_se([f - c.mean[0] for f in c.finals])
         lines.append(
-            f"| {c.label} | {_fmt(*mean_se(c.finals))} | {gain[0]:+.3f} | {_fmt(*mean_se(c.online))} | "
-            f"{sum(c.walls) / len(c.walls):.0f} |"
+            f"| {c.label} | {_fmt(*mean_se(c.finals))} | {mean_se(c.finals)[0] - c.reference:+.3f} | "
+            f"{_fmt(*mean_se(c.online))} | {sum(c.walls) / len(c.walls):.0f} |"
         )
     end = max(max(c.queries) for c in curves)
-    marks = sorted(set(range(0, end, every)) | {end})
+    step = max(1, end // marks)
+    points = sorted(set(range(0, end, step)) | {end})
     lines += ["", "Win rate against queries (the first evaluation at or after each mark):", ""]
-    lines += ["| arm | " + " | ".join(str(m) for m in marks) + " |", "|---|" + "---|" * len(marks)]
+    lines += ["| arm | " + " | ".join(str(m) for m in points) + " |", "|---|" + "---|" * len(points)]
     for c in curves:
         cells = []
-        for m in marks:
+        for m in points:
             i = next((i for i, q in enumerate(c.queries) if q >= m), None)
             cells.append("" if i is None else f"{c.mean[i]:.3f}")
         lines.append(f"| {c.label} | " + " | ".join(cells) + " |")
-    labels = {c.label for c in curves}
-    pairs = [(b, "sea" + b[len("online") :]) for b in sorted(labels) if b.startswith("online") and "sea" + b[len("online") :] in labels]
-    if pairs:
-        lines += ["", "Sample efficiency: queries the SEA arm needs to reach the online arm's final mean win rate:", ""]
-        lines += ["| comparison | online final | SEA reaches it at | ratio | final gap (SEA - online) | s.e. combined |", "|---|---|---|---|---|---|"]
-        for base, contender in pairs:
-            e = efficiency(curves, base, contender)
-            reach = "never" if e["contender_queries"] is None else f"{e['contender_queries']:.0f} of {e['baseline_queries']}"
-            ratio = "-" if e["ratio"] is None else f"{e['ratio']:.2f}x"
-            lines.append(f"| {contender} vs {base} | {e['level']:.3f} | {reach} | {ratio} | {e['final_gap']:+.3f} | {e['combined_se']:.3f} |")
+    base = baseline_of(curves)
+    if base.mean[-1] <= base.reference:
+        return lines + ["", f"({base.label} ends no better than pi_ref, so no query-efficiency levels.)"]
+    levels, need = level_queries(curves)
+    lines += [
+        "",
+        f"Queries to reach {', '.join(f'{s:.0%}' for s in LEVELS)} of {base.label}'s final gain over pi_ref "
+        f"(mean curves, interpolated; ratio = arm / {base.label} at 100 %):",
+        "",
+        "| arm | " + " | ".join(f"{s:.0%} ({lv:.3f})" for s, lv in zip(LEVELS, levels)) + " | ratio |",
+        "|---|" + "---|" * (len(levels) + 1),
+    ]
+    for c in curves:
+        cells = ["not reached" if q is None else f"{q:.0f}" for q in need[c.label]]
+        own, ref = need[c.label][-1], need[base.label][-1]
+        ratio = "-" if own is None or not ref else f"{own / ref:.2f}x"
+        lines.append(f"| {c.label} | " + " | ".join(cells) + f" | {ratio} |")
+    return lines
+
+
+def report(study: Study, curves: Sequence[Curve], seeds: Sequence[int]) -> str:
+    """Markdown: per panel, final win rates ± s.e., the curves, and queries to reach levels."""
+    lines = [f"### {study.title}", "", f"Seeds {', '.join(map(str, seeds))}; mean ± standard error over seeds."]
+    for panel in study.panels:
+        lines += ["", f"#### {panel}", ""] if panel else [""]
+        lines += _panel_report([c for c in curves if c.panel == panel])
+    runs = sum(len(c.walls) for c in curves)
+    lines += ["", f"{runs} runs, {sum(sum(c.walls) for c in curves) / 3600:.2f} run-hours in all."]
     return "\n".join(lines) + "\n"
 
 
-def efficiency(curves: list[Curve], baseline: str, contender: str) -> dict[str, Optional[float]]:
-    """Queries the contender's mean curve needs to reach the baseline's final mean level."""
-    base = next(c for c in curves if c.label == baseline)
-    other = next(c for c in curves if c.label == contender)
-    level = base.mean[-1]
-    need = queries_to_reach(other.queries, other.mean, level)
-    base_final, other_final = mean_se(base.finals), mean_se(other.finals)
-    return {
-        "level": level,
-        "baseline_queries": base.queries[-1],
-        "contender_queries": need,
-        "ratio": None if need is None else need / base.queries[-1],
-        "final_gap": other_final[0] - base_final[0],
-        "combined_se": base_final[1] + other_final[1],
-    }
+# ---- plots ----------------------------------------------------------------------------------
 
 
-def plot(curves: list[Curve], path: Path, title: str, metric_label: str = "win rate vs references (agent's inference)") -> None:
-    """Curves of mean win rate against queries, shaded ± one standard error, pi_ref's level dashed."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    for c in curves:
-        line = ax.plot(c.queries, c.mean, label=c.label, linewidth=1.6)[0]
-        if not any(math.isnan(s) for s in c.se):
-            lo = [m - s for m, s in zip(c.mean, c.se)]
-            hi = [m + s for m, s in zip(c.mean, c.se)]
-            ax.fill_between(c.queries, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-    if curves and curves[0].queries and curves[0].queries[0] == 0:
-        ax.axhline(curves[0].mean[0], color="gray", linestyle="--", linewidth=1, label="pi_ref")
-    ax.set_xlabel("oracle queries")
-    ax.set_ylabel(metric_label)
-    ax.set_title("\n".join(textwrap.wrap(title, 64)), fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    return plt
+
+
+def plot(curves: Sequence[Curve], path: Path, title: str, metric_label: str = "win rate vs references") -> None:
+    """One sub-figure per panel: mean curves against queries, shaded ± one s.e., pi_ref dashed."""
+    plt = _pyplot()
+    panels = list(dict.fromkeys(c.panel for c in curves))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels) + 0.6, 4.0), dpi=90, sharey=True, squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        group = [c for c in curves if c.panel == panel]
+        for c in group:
+            line = ax.plot(c.queries, c.mean, label=c.label, linewidth=1.6)[0]
+            if not any(math.isnan(s) for s in c.se):
+                lo = [m - s for m, s in zip(c.mean, c.se)]
+                hi = [m + s for m, s in zip(c.mean, c.se)]
+                ax.fill_between(c.queries, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        if group[0].queries[0] == 0:
+            ax.axhline(group[0].reference, color="gray", linestyle="--", linewidth=1, label="pi_ref")
+        ax.set_xlabel("oracle queries")
+        ax.set_title(panel, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(metric_label)
+    fig.suptitle("\n".join(textwrap.wrap(title, 90)), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_scaling(curves: Sequence[Curve], path: Path, title: str) -> None:
+    """Fig. 1's two views across panels: final win rate per panel (left) and the queries each arm
+    needs to reach the baseline's final level (right; hatched at the budget when not reached)."""
+    plt = _pyplot()
+    panels = list(dict.fromkeys(c.panel for c in curves))
+    labels = list(dict.fromkeys(c.label for c in curves))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.0), dpi=90)
+    width = 0.8 / len(labels)
+    for j, label in enumerate(labels):
+        rows = [next(c for c in curves if c.panel == p and c.label == label) for p in panels]
+        stats = [mean_se(c.finals) for c in rows]
+        left.errorbar(range(len(panels)), [m for m, _ in stats], yerr=[0 if math.isnan(s) else s for _, s in stats], marker="o", capsize=3, label=label)
+        for i, p in enumerate(panels):
+            group = [c for c in curves if c.panel == p]
+            _, need = level_queries(group, (1.0,))
+            q = need[label][0]
+            x = i + (j - (len(labels) - 1) / 2) * width
+            budget = max(group[0].queries)
+            bar = right.bar(x, budget if q is None else q, width, color=f"C{j}", label=label if i == 0 else None)
+            if q is None:
+                bar[0].set_hatch("//")
+                bar[0].set_alpha(0.35)
+    for ax in (left, right):
+        ax.set_xticks(range(len(panels)), panels)
+        ax.grid(alpha=0.3, axis="y")
+    left.set_ylabel("final win rate vs references")
+    right.set_ylabel("queries to reach online DPO's final level")
+    right.set_title("hatched: not reached within the budget", fontsize=8)
+    left.legend(fontsize=7)
+    right.legend(fontsize=7)
+    fig.suptitle("\n".join(textwrap.wrap(title, 90)), fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
