@@ -241,11 +241,12 @@ PRESETS: dict[str, dict] = {
                 "title": "exploration rules",
                 "arms": {"sea ee_ts": SEA["dpo"] + " --explore ee_ts", "sea bai_ts": SEA["dpo"], "sea uncertainty": SEA["dpo"] + " --explore uncertainty"},
             },
-            {"title": "noisy human (Bernoulli labels)", "flags": "--label-mode bernoulli", "arms": CONTENDERS},
+            {"title": "noisy human (Bernoulli labels), 2,000 queries", "flags": "--label-mode bernoulli --budget 2000", "arms": CONTENDERS},
         ],
     },
     "losses": {
         "title": "online vs offline DAP with every loss",
+        "flags": "--eval-every 250",
         "arms": {"online dpo": ONLINE["dpo"], "offline dpo": OFFLINE["dpo"], "online ipo": ONLINE["ipo"], "online slic": ONLINE["slic"], "online simpo": "--agent online --loss simpo"},
     },
 }
@@ -520,7 +521,7 @@ def plot_scaling(curves: Sequence[Curve], path: Path, title: str) -> None:
         ax.set_xticks(range(len(panels)), panels)
         ax.grid(alpha=0.3, axis="y")
     left.set_ylabel("final win rate vs references")
-    right.set_ylabel("queries to reach online DPO's final level")
+    right.set_ylabel("queries to reach online DAP's final level")
     right.set_title("hatched: not reached within the budget", fontsize=8)
     left.legend(fontsize=7)
     right.legend(fontsize=7)
