@@ -1,7 +1,7 @@
 """Speed: sealign's online DPO against TRL's, side by side, and where every agent spends its time.
 
     .venv/bin/pip install -r benchmarks/requirements-trl.txt      # TRL: a benchmark-only dependency
-    .venv/bin/python benchmarks/speed.py [--reps 3] [--budget 640] [--agent-budget 320] [--threads 1]
+    .venv/bin/python benchmarks/speed.py [--reps 3] [--budget 640] [--agent-budget 320] [--threads 1] [--profile]
 
 Part 1 alternates sealign (`train --agent online --loss dpo`) and TRL's
 `trl.experimental.online_dpo.OnlineDPOTrainer`, A B A B, on the same built-in tiny GPT-2 pi_ref,
@@ -17,6 +17,8 @@ checkpoint; TRL evaluates and saves nothing). Loading models and building data i
 
 Part 2 runs sealign's online, sea, apl and xpo agents once each and splits their seconds per
 1,000 queries into the loop's phases (summary.json `seconds`), plus what no phase timer covers.
+
+Part 3 (--profile) runs one more online DPO run of part 1's size under cProfile.
 
 Ratios are measured within one run of this script because the machine may be shared: absolute
 seconds move with the load, ratios of interleaved runs much less.
@@ -49,8 +51,12 @@ def pin_threads(threads: int) -> None:
     torch.set_num_interop_threads(threads)
 
 
-def sealign_run(agent: str, budget: int, batch_size: int, temperature: float, lr: float, holdout: int, seed: int, out: Path) -> dict:
-    """One sealign training run; returns its summary plus the figures part 1 compares."""
+def sealign_run(
+    agent: str, budget: int, batch_size: int, temperature: float, lr: float, holdout: int, seed: int, out: Path, profile: Path | None = None
+) -> dict:
+    """One sealign training run; returns its summary plus the figures part 1 compares. With
+    `profile`, the run goes under cProfile: PROFILE.prof for snakeviz / pstats, PROFILE.txt the top
+    functions by cumulative and by own time."""
     from transformers.utils import logging as hf_logging
 
     from sealign.config import OracleConfig, PolicyConfig, SFTConfig, TaskConfig, TrainConfig
@@ -69,7 +75,22 @@ def sealign_run(agent: str, budget: int, batch_size: int, temperature: float, lr
         seed=seed,
         out=str(out),
     )
-    summary = train(cfg, TaskConfig(n_holdout=holdout), PolicyConfig(), SFTConfig(), OracleConfig(), progress=False)
+    run = (cfg, TaskConfig(n_holdout=holdout), PolicyConfig(), SFTConfig(), OracleConfig())
+    if profile is None:
+        summary = train(*run, progress=False)
+    else:
+        import cProfile
+        import io
+        import pstats
+
+        profiler = cProfile.Profile()
+        summary = profiler.runcall(train, *run, progress=False)
+        profiler.dump_stats(profile.with_suffix(".prof"))
+        text = io.StringIO()
+        stats = pstats.Stats(profiler, stream=text).strip_dirs()
+        stats.sort_stats("cumulative").print_stats(40)
+        stats.sort_stats("tottime").print_stats(25)
+        profile.with_suffix(".txt").write_text(text.getvalue())
     return {**summary, "loop_seconds": summary["wall_seconds"], "trl_steps_equivalent": cfg.total_steps}
 
 
@@ -169,10 +190,11 @@ def worker(argv: list[str]) -> None:
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--result", type=Path, required=True)
+    p.add_argument("--profile", type=Path, default=None)
     a = p.parse_args(argv)
     pin_threads(a.threads)
     if a.framework == "sealign":
-        result = sealign_run(a.agent, a.budget, a.batch_size, a.temperature, a.lr, a.holdout, a.seed, a.run_dir)
+        result = sealign_run(a.agent, a.budget, a.batch_size, a.temperature, a.lr, a.holdout, a.seed, a.run_dir, a.profile)
     else:
         result = trl_run(a.prompts, a.batch_size, a.temperature, a.lr, a.seed, a.run_dir)
     a.result.write_text(json.dumps(result))
@@ -252,13 +274,35 @@ def breakdown(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def profile_online(args: argparse.Namespace) -> dict:
+    """Part 3: one online DPO run of part 1's size under cProfile (profile-online-dpo.txt / .prof)."""
+    s = spawn(args, "profile-online-dpo", "sealign", agent="online", budget=args.budget, profile=args.out / "profile-online-dpo")
+    print(f"profile: {args.out / 'profile-online-dpo.txt'}", flush=True)
+    return s
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
 
 
-def report(pairs: list[dict], rows: list[dict], args: argparse.Namespace) -> str:
+def machine() -> str:
+    """What the figures were measured on, with the load, since other work on the machine moves them."""
+    import platform
+
+    import torch
+    import transformers
+
+    return (
+        f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU used; torch {torch.__version__}, "
+        f"transformers {transformers.__version__}; load average {os.getloadavg()[0]:.1f}"
+    )
+
+
+def report(pairs: list[dict], rows: list[dict], args: argparse.Namespace, started_on: str) -> str:
     """Markdown tables of both parts, and the two targets of issue 8."""
     lines = [
+        f"Machine at the start: {started_on}; at the end: load average {os.getloadavg()[0]:.1f}",
+        "",
         f"sealign online DPO vs TRL {pairs[0]['trl_version']} OnlineDPOTrainer: {args.reps} pairs, A B A B, "
         f"{args.threads} thread(s) each, batch {args.batch_size}, 2 generations, lr {args.lr}, temperature {args.temperature}",
         "",
@@ -309,6 +353,7 @@ def main() -> None:
     parser.add_argument("--holdout", type=int, default=32, help="sealign's evaluation prompts (start and end)")
     parser.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads of every run")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="also profile one online DPO run (cProfile)")
     parser.add_argument("--out", type=Path, default=Path("runs/speed"), help="fresh folder for runs, logs and results")
     args = parser.parse_args()
     if args.reps < 3:
@@ -316,10 +361,12 @@ def main() -> None:
     if args.out.exists():
         parser.error(f"{args.out} exists: pick a fresh --out")
     args.out.mkdir(parents=True)
-    started = time.time()
+    started, started_on = time.time(), machine()
     pairs = compare(args)
     rows = breakdown(args)
-    text = report(pairs, rows, args)
+    if args.profile:
+        profile_online(args)
+    text = report(pairs, rows, args, started_on)
     (args.out / "results.json").write_text(json.dumps({"pairs": pairs, "agents": rows, "args": {k: str(v) for k, v in vars(args).items()}}, indent=1))
     (args.out / "report.md").write_text(text + "\n")
     print("\n" + text)
