@@ -121,12 +121,14 @@ def trl_run(prompts_count: int, batch_size: int, temperature: float, lr: float, 
     bos = tokenizer.bos_token + " "
     records = PromptStream(task.records("train"), seed).take(prompts_count)
     dataset = Dataset.from_dict({"prompt": [bos + r.prompt for r in records]})
-    scored = {"prompts": 0, "calls": 0}
+    scored = {"prompts": 0, "identical": 0}
 
     def keywords_reward(prompts: list[str], completions: list[str], **_: object) -> list[float]:
-        """The task's hidden reward r*(x, y), the same function sealign's oracle asks."""
-        scored["prompts"] += len(prompts) // 2  # TRL scores 2 completions per prompt
-        scored["calls"] += 1
+        """The task's hidden reward r*(x, y), the same function sealign's oracle asks. TRL passes
+        the first completion of every prompt, then the second (its prompts are repeated twice)."""
+        n = len(prompts) // 2
+        scored["prompts"] += n
+        scored["identical"] += sum(a == b for a, b in zip(completions[:n], completions[n:]))
         return task.reward([p.removeprefix(bos) for p in prompts], completions)
 
     # sealign's defaults for what this benchmark does not set: warm-up share, clipping, beta
@@ -171,6 +173,7 @@ def trl_run(prompts_count: int, batch_size: int, temperature: float, lr: float, 
         "loop_seconds": seconds,
         "prompts": scored["prompts"],
         "queries": scored["prompts"],  # every pair TRL generates is scored and trained on
+        "identical": scored["identical"],  # pairs of two equal responses: a zero DPO gradient
         "steps": trainer.state.global_step,
         "loss": args.loss_type,
     }
@@ -242,7 +245,9 @@ def compare(args: argparse.Namespace) -> list[dict]:
             "rep": rep,
             "prompts": ours["prompts"],
             "sealign_queries": ours["queries"],
+            "sealign_identical_skipped": ours["identical_skipped"],
             "trl_queries": theirs["queries"],
+            "trl_identical": theirs["identical"],
             "sealign_steps": ours["steps"],
             "trl_steps": theirs["steps"],
             "sealign_s": ours["loop_seconds"],
@@ -252,6 +257,9 @@ def compare(args: argparse.Namespace) -> list[dict]:
             "trl_version": theirs["trl_version"],
         }
         pair["ratio"] = pair["trl_s_per_1k"] / pair["sealign_s_per_1k"]  # > 1: sealign is faster per query
+        # sealign never asks about two identical responses; TRL asks and trains on them
+        distinct = per_1000(theirs["loop_seconds"], theirs["queries"] - theirs["identical"])
+        pair["ratio_distinct"] = distinct / pair["sealign_s_per_1k"]
         pair["ratio_per_prompt"] = theirs["loop_seconds"] / ours["loop_seconds"]  # same prompts on both sides
         pairs.append(pair)
         print(
@@ -306,12 +314,14 @@ def report(pairs: list[dict], rows: list[dict], args: argparse.Namespace, starte
         f"sealign online DPO vs TRL {pairs[0]['trl_version']} OnlineDPOTrainer: {args.reps} pairs, A B A B, "
         f"{args.threads} thread(s) each, batch {args.batch_size}, 2 generations, lr {args.lr}, temperature {args.temperature}",
         "",
-        "| rep | prompts (both) | sealign queries / steps | TRL queries / steps | sealign s / 1k queries | TRL s / 1k queries | TRL / sealign |",
+        "| rep | prompts (both) | sealign queries / steps (identical duels skipped) | TRL queries / steps (identical pairs) "
+        "| sealign s / 1k queries | TRL s / 1k queries | TRL / sealign |",
         "|---|---|---|---|---|---|---|",
     ]
     for p in pairs:
         lines.append(
-            f"| {p['rep']} | {p['prompts']} | {p['sealign_queries']} / {p['sealign_steps']} | {p['trl_queries']} / {p['trl_steps']} "
+            f"| {p['rep']} | {p['prompts']} | {p['sealign_queries']} / {p['sealign_steps']} ({p['sealign_identical_skipped']}) "
+            f"| {p['trl_queries']} / {p['trl_steps']} ({p['trl_identical']}) "
             f"| {p['sealign_s_per_1k']:.1f} | {p['trl_s_per_1k']:.1f} | {p['ratio']:.2f} |"
         )
     med_ours = statistics.median(p["sealign_s_per_1k"] for p in pairs)
@@ -320,6 +330,7 @@ def report(pairs: list[dict], rows: list[dict], args: argparse.Namespace, starte
         "",
         f"Throughput ratio per query, pair by pair: median (range) {spread([p['ratio'] for p in pairs])}; "
         f"ratio of medians {med_theirs / med_ours:.2f} (target >= 2.5).",
+        f"Counting only TRL's pairs of two different responses: {spread([p['ratio_distinct'] for p in pairs])}.",
         f"Same prompts, wall time TRL / sealign: {spread([p['ratio_per_prompt'] for p in pairs])}.",
         "",
         f"Seconds per 1,000 queries by phase ({args.agent_budget} queries per agent, one run each):",
