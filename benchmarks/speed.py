@@ -35,7 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-BENCH_PHASES = ("generate", "select", "oracle", "learn", "eval")
+from sealign.loop import TIMERS  # the loop's phases: generate, select, oracle, learn, eval
+
 AGENTS = ("online", "sea", "apl", "xpo")
 TRL_LOSS = {"dpo": "sigmoid"}  # sealign's loss name -> TRL's loss_type for the same objective
 
@@ -91,7 +92,7 @@ def sealign_run(
         stats.sort_stats("cumulative").print_stats(40)
         stats.sort_stats("tottime").print_stats(25)
         profile.with_suffix(".txt").write_text(text.getvalue())
-    return {**summary, "loop_seconds": summary["wall_seconds"], "trl_steps_equivalent": cfg.total_steps}
+    return {**summary, "loop_seconds": summary["wall_seconds"]}
 
 
 def trl_run(prompts_count: int, batch_size: int, temperature: float, lr: float, seed: int, out: Path) -> dict:
@@ -275,7 +276,7 @@ def breakdown(args: argparse.Namespace) -> list[dict]:
     rows = []
     for agent in args.agents:
         s = spawn(args, f"sealign-{agent}-phases", "sealign", agent=agent, budget=args.agent_budget)
-        phases = {k: per_1000(s["seconds"][k], s["queries"]) for k in BENCH_PHASES}
+        phases = {k: per_1000(s["seconds"][k], s["queries"]) for k in TIMERS}
         total = per_1000(s["loop_seconds"], s["queries"])
         rows.append({"agent": agent, "queries": s["queries"], "prompts": s["prompts"], "total": total, **phases, "other": total - sum(phases.values())})
         print(f"{agent}: {total:.1f} s per 1,000 queries", flush=True)
@@ -341,7 +342,7 @@ def report(pairs: list[dict], rows: list[dict], args: argparse.Namespace, starte
     for r in rows:
         lines.append(
             f"| {r['agent']} | {r['prompts']} | "
-            + " | ".join(f"{r[k]:.1f}" for k in (*BENCH_PHASES, "other", "total"))
+            + " | ".join(f"{r[k]:.1f}" for k in (*TIMERS, "other", "total"))
             + " |"
         )
     by_agent = {r["agent"]: r["total"] for r in rows}
