@@ -59,6 +59,11 @@ class PromptStream:
             self.offset += k
         return out
 
+    @property
+    def consumed(self) -> int:
+        """Prompts handed out so far, over all epochs: what a benchmark compares between frameworks."""
+        return self.epoch * len(self.records) + self.offset
+
     def state(self) -> dict:
         return {"epoch": self.epoch, "offset": self.offset}
 
@@ -391,6 +396,7 @@ def train(
         "explore": cfg.explore,
         "eval_bon": cfg.eval_bon,
         "queries": state.learned,
+        "prompts": stream.consumed,  # answered by the actor: identical and surplus duels are never asked
         "labels_in_ledger": len(folder.queries),
         "labels_asked_this_session": folder.queries.asked,
         "replay_mismatches": folder.queries.replay_mismatches,

@@ -5,6 +5,7 @@ The same functions drive the tiny built-in GPT-2 and a Pythia or Llama checkpoin
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Sequence
 
@@ -92,10 +93,11 @@ def generate(
         chunk = list(prompts[start : start + batch_size])
         enc = tokenizer(chunk, return_tensors="pt", padding=True).to(model.device)
         sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}
+        inputs = shared_prompt_inputs(model, enc, num_samples) if num_samples > 1 else dict(enc)
         ids = model.generate(
-            **enc,
+            **inputs,
             do_sample=not greedy,
-            num_return_sequences=num_samples,
+            num_return_sequences=1 if num_samples > 1 else num_samples,
             max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -107,6 +109,32 @@ def generate(
         out.extend(texts[i : i + num_samples] for i in range(0, len(texts), num_samples))
     model.train(was_training)
     return out
+
+
+def shared_prompt_inputs(model: PreTrainedModel, enc: dict[str, torch.Tensor], num_samples: int) -> dict:
+    """Generation inputs for `num_samples` samples per prompt whose prompt is encoded only once.
+
+    `generate(num_return_sequences=M)` copies every prompt M times and runs the prompt through
+    the model M times. Here all but the last prompt token go through once, their key/value cache
+    is repeated M times per prompt, and generate continues from it: the M copies of a prompt
+    share one prefill (with M = 20 candidates, most of sampling's cost). Positions are those
+    generate derives from the left-padded attention mask; rows stay prompt-major, as
+    num_return_sequences orders them. `enc`: `input_ids`, `attention_mask`, each (B, T).
+    """
+    ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, T)
+    repeat = {k: v.repeat_interleave(num_samples, dim=0) for k, v in enc.items()}  # (B * M, T)
+    if ids.shape[1] < 2:  # nothing to share before the last token
+        return repeat
+    accepts = inspect.signature(model.forward).parameters
+    cache_key = "cache" if "cache" in accepts else "past_key_values"  # renamed within transformers 5
+    prefix = {"input_ids": ids[:, :-1], "attention_mask": mask[:, :-1], "use_cache": True}  # (B, T-1)
+    if "position_ids" in accepts:
+        prefix["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)[:, :-1]
+    if "logits_to_keep" in accepts:
+        prefix["logits_to_keep"] = 1  # only the cache is wanted
+    cache = model(**prefix)[cache_key]
+    cache.batch_repeat_interleave(num_samples)  # (B * M) rows, prompt-major
+    return {**repeat, cache_key: cache}
 
 
 def encode_pairs(

@@ -126,6 +126,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, agent):
     assert summary["queries"] == 192
     assert summary["labels_asked_this_session"] == 192 - asked_before  # nothing asked twice
     assert summary["replay_mismatches"] == 0
+    assert summary["prompts"] == json.loads((tmp_path / "whole" / "summary.json").read_text())["prompts"]  # counted across sessions
     assert (tmp_path / "cut" / "queries.jsonl").read_text() == (tmp_path / "whole" / "queries.jsonl").read_text()
     whole = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
     cut = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
@@ -202,6 +203,7 @@ def test_identical_duels_are_not_asked_nor_charged(tmp_path, task_cfg, monkeypat
     assert len(rows) == 64 and summary["queries"] == 64
     assert all(r["first"] != r["second"] for r in rows)
     assert summary["identical_skipped"] == 64  # half of the 128 prompts drawn
+    assert summary["prompts"] == 128
 
 
 def test_only_identical_duels_stop_with_a_message(tmp_path, task_cfg, monkeypatch, capsys):

@@ -42,3 +42,22 @@ def test_samples_are_grouped_by_prompt(task):
     cold = generate(model, tokenizer, prompts, num_samples=4, temperature=1e-6, max_new_tokens=3, generator_seed=0)
     greedy = generate(model, tokenizer, prompts, greedy=True, max_new_tokens=3)
     assert cold == [row * 4 for row in greedy]
+
+
+def test_shared_prompt_prefill_samples_what_generate_samples(task):
+    """Sampling M responses from one prefill per prompt draws the same responses, in the same
+    prompt-major order, as transformers' generate copying every prompt M times (same seed)."""
+    tokenizer = task.build_tokenizer()
+    torch.manual_seed(0)
+    model = build_policy(TINY, tokenizer).eval()
+    prompts = [r.prompt for r in task.records("holdout")[:5]]  # different lengths: left padding
+    shared = generate(model, tokenizer, prompts, num_samples=4, temperature=1.0, max_new_tokens=6, generator_seed=1)
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    torch.manual_seed(1)
+    ids = model.generate(
+        **enc, do_sample=True, num_return_sequences=4, max_new_tokens=6, temperature=1.0, top_k=0, top_p=1.0,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    texts = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert shared == [texts[i : i + 4] for i in range(0, len(texts), 4)]
+    assert len({t for row in shared for t in row}) > 5  # a real test: the samples differ
