@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import CHAT_TEMPLATE
 from sealign.cli import main
 from sealign.config import DataConfig, OracleConfig
 from sealign.oracles import make_oracle
+from sealign.tiny import CHAT_TEMPLATE
 from sealign.userdata import load_user_data
 
 SHORT = ["--budget", "8", "--batch-size", "4", "--eval-every", "8", "--eval-size", "6", "--max-new-tokens", "4", "--quiet"]
