@@ -321,7 +321,8 @@ def train(
             rows = [i for i in sel.rows if i not in taken][: erm_wanted - len(erm_batch)]
             with Timer(state.timers, "oracle"):
                 kept, z = folder.queries.label(sel.duels.subset(asked), state.collected, state.step, oracle) if asked else ([], None)
-            state.unanswered += len(asked) - len(kept)  # no label, not charged: the next batch asks again
+            unjudged = len(asked) - len(kept)
+            state.unanswered += unjudged  # no label, not charged: the next batch asks again
             asked = [asked[i] for i in kept]
             with Timer(state.timers, "select"):
                 figures = explorer.observe(sel, asked, z) if asked else {}
@@ -332,7 +333,10 @@ def train(
             state.idle_batches = 0 if asked or rows else state.idle_batches + 1
             if state.idle_batches >= MAX_IDLE_BATCHES:
                 raise SealignError(
-                    f"the actor proposed only identical pairs for {MAX_IDLE_BATCHES} batches in a row: "
+                    f"the oracle judged none of the duels of {MAX_IDLE_BATCHES} batches in a row "
+                    f"({state.unanswered} unparseable answers so far): check the judge and its template"
+                    if unjudged
+                    else f"the actor proposed only identical pairs for {MAX_IDLE_BATCHES} batches in a row: "
                     "raise --train-temperature or --num-candidates"
                 )
             with Timer(state.timers, "eval"):
