@@ -304,8 +304,46 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+def config_args(path: str, parser: _Parser) -> list[str]:
+    """The options of a YAML recipe (`name: value` per line, names as on the command line) as
+    command-line arguments. They go first, so flags given on the command line override them."""
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SealignError(f"--config {path!r}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise SealignError(f"--config {path!r}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(recipe, dict):
+        raise SealignError(f"--config {path!r}: expected a mapping of option: value")
+    known = {action.dest for action in parser._actions}
+    argv: list[str] = []
+    for key, value in recipe.items():
+        name = str(key).replace("-", "_")
+        if name not in known or name == "help":
+            raise SealignError(f"--config {path!r}: unknown option {key!r}")
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        argv += [f"--{name}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    return argv
+
+
+def _pop_config(argv: list[str]) -> tuple[list[str], Optional[str]]:
+    """Take `--config FILE` (or `--config=FILE`) out of the arguments."""
+    for i, arg in enumerate(argv):
+        if arg == "--config":
+            if i + 1 == len(argv):
+                raise SealignError("--config needs a YAML file")
+            return argv[:i] + argv[i + 2 :], argv[i + 1]
+        if arg.startswith("--config="):
+            return argv[:i] + argv[i + 1 :], arg.split("=", 1)[1]
+    return argv, None
+
+
 def _usage() -> str:
-    lines = ["usage: sealign COMMAND [options]   (sealign COMMAND --help for its options)", "", "commands:"]
+    lines = ["usage: sealign COMMAND [--config RECIPE.yaml] [options]   (sealign COMMAND --help for its options)", "", "commands:"]
     lines += [f"  {name:<12} {doc}" for name, (_, _, doc) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -321,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SealignError(f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
         fn, types, doc = COMMANDS[name]
         parser = _Parser(types, prog=f"sealign {name}", description=doc)
+        rest, recipe = _pop_config(rest)
+        if recipe is not None:
+            rest = [*config_args(recipe, parser), *rest]
         *cfgs, remaining = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
         if remaining:
             raise SealignError(f"unrecognized arguments: {' '.join(remaining)}")

@@ -236,6 +236,7 @@ class DataConfig:
     train_split: str = field(default="train", metadata=_help("split of --data the agent learns on"))
     eval_split: str = field(default="test", metadata=_help("split evaluated on; absent: --eval-size records are held out of the training split"))
     eval_size: int = field(default=500, metadata=_help("evaluation prompts (at most)"))
+    max_train: Optional[int] = field(default=None, metadata=_help("learn on the first N training prompts only"))
     max_prompt_tokens: Optional[int] = field(
         default=None, metadata=_help("skip (and count) prompts longer than this many policy tokens; never truncated")
     )
@@ -245,6 +246,7 @@ class DataConfig:
             _require(name is None or not _is_local(name) or Path(name).expanduser().exists(), f"{flag} {name!r} does not exist")
         _require(self.eval_data is None or self.data is not None, "--eval-data needs --data")
         _require(self.eval_size > 0, f"--eval-size must be positive, got {self.eval_size}")
+        _require(self.max_train is None or self.max_train > 0, f"--max-train must be positive, got {self.max_train}")
         _require(self.max_prompt_tokens is None or self.max_prompt_tokens > 0, f"--max-prompt-tokens must be positive, got {self.max_prompt_tokens}")
 
 

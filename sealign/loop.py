@@ -233,6 +233,7 @@ def train(
         policy_logprobs=policy_logprobs,
         beta=cfg.beta,
         entropy=cfg.apl_entropy,
+        device=model_cfg.device,
     )
     if not resume:  # everything that can fail on bad input has been built: now the run exists
         folder.create({**config, "reference": models.fingerprint})

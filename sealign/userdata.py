@@ -95,7 +95,7 @@ def load_user_data(cfg: DataConfig, check: Check = None) -> UserData:
         held = set(order[: cfg.eval_size].tolist())
         evaluation = [train[i] for i in sorted(held)]
         train = [r for i, r in enumerate(train) if i not in held]
-    return UserData(train=train, eval=evaluation[: cfg.eval_size])
+    return UserData(train=train[: cfg.max_train], eval=evaluation[: cfg.eval_size])
 
 
 def drop_long(records: list[PromptRecord], count_tokens: Callable[[str], int], limit: Optional[int]) -> tuple[list[PromptRecord], int]:
