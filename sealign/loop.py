@@ -34,7 +34,7 @@ from sealign.data import PromptRecord
 from sealign.errors import SealignError
 from sealign.evaluate import evaluate_policy, win_stats
 from sealign.learner import Learner, LearnerConfig, NonFiniteLoss
-from sealign.models import load_models
+from sealign.models import load_models, save_policy
 from sealign.oracles import make_oracle
 from sealign.policy import prompt_length, sequence_logprobs
 from sealign.progress import progress_bar
@@ -418,8 +418,7 @@ def train(
                 save_checkpoint()
             loss = f"  loss {figures['loss']:.3f}" if "loss" in figures else ""
             bar.update(job, completed=state.learned, info=f"win {last_row['win_rate']:.3f}{loss}")
-    learner.model.save_pretrained(folder.path / "policy")
-    tokenizer.save_pretrained(folder.path / "policy")
+    save_policy(learner.model, tokenizer, folder.path / "policy")
     initial = folder.metrics()[0]
     summary = {
         "agent": cfg.agent,

@@ -55,3 +55,14 @@ def add_lora(model: PreTrainedModel, rank: int, alpha: float) -> PreTrainedModel
     from peft import LoraConfig, get_peft_model
 
     return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
+
+
+def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
+    """Save a loadable policy: LoRA adapters are merged into the base weights first, so the
+    folder is a plain transformers checkpoint (`sealign eval --policy` and any HF tool read it)."""
+    if hasattr(model, "merge_and_unload"):  # a peft model; merging a copy leaves the learner's intact
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)

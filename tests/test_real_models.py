@@ -101,3 +101,21 @@ def test_bad_model_data_and_oracle_input(capsys, tmp_path, tiny_models, prompts_
     err = capsys.readouterr().err
     assert code == 2 and err.count("sealign: error:") == 1 and fragment in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_lora_trains_adapters_only_and_saves_a_plain_policy(tmp_path, tiny_models, prompts_jsonl):
+    from sealign.policy import load_policy
+
+    out = tmp_path / "run"
+    code = main(
+        ["train", "--policy", tiny_models["gpt2"], "--lora-r", "4", "--lr", "1e-2", "--oracle", f"rm:{tiny_models['rm']}",
+         "--data", prompts_jsonl, *SHORT, "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    before, _ = load_policy(tiny_models["gpt2"])
+    after, _ = load_policy(out / "policy")  # a plain checkpoint: adapters merged
+    b, a = before.state_dict(), after.state_dict()
+    assert a.keys() == b.keys()
+    changed = {k for k in b if not torch.equal(a[k], b[k])}
+    # LoRA adapts the attention and MLP projections; embeddings and layer norms stay as they were
+    assert changed and all(".attn." in k or ".mlp." in k for k in changed)
