@@ -97,6 +97,11 @@ def _resolve_policy(model_cfg: ModelConfig, task_cfg: TaskConfig, policy_cfg: Po
     return path
 
 
+def _check_best_of(oracle_cfg: OracleConfig, eval_cfg: EvalConfig) -> None:
+    if eval_cfg.best_of > 1 and oracle_cfg.kind not in ("task", "rm"):
+        raise SealignError(f"--best-of ranks samples by the oracle's reward; a {oracle_cfg.kind} oracle has none")
+
+
 def _evaluate(
     path: Path, task, records: list, oracle_cfg: OracleConfig, eval_cfg: EvalConfig, model_cfg: ModelConfig | None = None
 ) -> dict:
@@ -106,8 +111,7 @@ def _evaluate(
     from sealign.policy import load_policy, prompt_length
 
     model_cfg = model_cfg or ModelConfig()
-    if eval_cfg.best_of > 1 and oracle_cfg.kind not in ("task", "rm"):
-        raise SealignError(f"--best-of ranks samples by the oracle's reward; a {oracle_cfg.kind} oracle has none")
+    _check_best_of(oracle_cfg, eval_cfg)
     model, tokenizer = load_policy(path, model_cfg.device, model_cfg.dtype, model_cfg.chat_template)
     max_new_tokens = model_cfg.max_new_tokens or task.max_new_tokens
     longest = max(prompt_length(tokenizer, r.prompt) for r in records) + max_new_tokens
@@ -136,6 +140,7 @@ def cmd_eval(
     from sealign.tasks import make_task
     from sealign.userdata import evaluation_records
 
+    _check_best_of(oracle_cfg, eval_cfg)
     task = make_task(task_cfg)
     # read and check user data before any model is loaded
     check = task.check_record if oracle_cfg.kind == "task" else None

@@ -119,3 +119,13 @@ def test_lora_trains_adapters_only_and_saves_a_plain_policy(tmp_path, tiny_model
     changed = {k for k in b if not torch.equal(a[k], b[k])}
     # LoRA adapts the attention and MLP projections; embeddings and layer norms stay as they were
     assert changed and all(".attn." in k or ".mlp." in k for k in changed)
+
+
+def test_eval_any_policy_with_a_reward_model_oracle(tmp_path, tiny_models, prompts_jsonl, capsys):
+    path = tmp_path / "out.json"
+    argv = ["eval", "--policy", tiny_models["llama"], "--oracle", f"rm:{tiny_models['rm']}", "--data", prompts_jsonl]
+    assert main([*argv, "--eval-size", "10", "--max-new-tokens", "3", "--best-of", "2", "--json", str(path)]) == 0
+    stats = json.loads(path.read_text())
+    assert stats["prompts"] == 10 and 0 <= stats["win_rate"] <= 1 and stats["unanswered"] == 0
+    assert main(["eval", "--oracle", "judge:gpt", "--best-of", "2"]) == 2
+    assert "has none" in capsys.readouterr().err
