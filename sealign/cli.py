@@ -108,16 +108,13 @@ def _evaluate(
     """Win statistics of the policy at `path` on `records`, judged by the configured oracle."""
     from sealign.evaluate import evaluate_policy
     from sealign.oracles import make_oracle
-    from sealign.policy import load_policy, prompt_length
+    from sealign.policy import check_fits, load_policy, prompt_lengths
 
     model_cfg = model_cfg or ModelConfig()
     _check_best_of(oracle_cfg, eval_cfg)
     model, tokenizer = load_policy(path, model_cfg.device, model_cfg.dtype, model_cfg.chat_template)
     max_new_tokens = model_cfg.max_new_tokens or task.max_new_tokens
-    longest = max(prompt_length(tokenizer, r.prompt) for r in records) + max_new_tokens
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    if limit is not None and longest > limit:
-        raise SealignError(f"a prompt plus {max_new_tokens} new tokens needs {longest} positions; the policy has {limit}")
+    check_fits(model, max(prompt_lengths(tokenizer, [r.prompt for r in records])), max_new_tokens)
     oracle = make_oracle(oracle_cfg, task)
     start = time.time()
     stats = evaluate_policy(

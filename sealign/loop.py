@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ from sealign.evaluate import evaluate_policy, win_stats
 from sealign.learner import Learner, LearnerConfig, NonFiniteLoss
 from sealign.models import load_models, save_policy
 from sealign.oracles import make_oracle
-from sealign.policy import prompt_length, sequence_logprobs
+from sealign.policy import check_fits, sequence_logprobs
 from sealign.progress import progress_bar
 from sealign.explorer import Explorer
 from sealign.records import Preferences
@@ -187,12 +186,10 @@ def train(
         )
     model, tokenizer = models.policy, models.tokenizer
     max_new_tokens = model_cfg.max_new_tokens or task.max_new_tokens
-    count_tokens = partial(prompt_length, tokenizer)
     limit = data_cfg.max_prompt_tokens
-    train_records, skipped_train = drop_long(user.train if user else task.records("train"), count_tokens, limit)
-    holdout, skipped_eval = drop_long(user.eval if user else task.records("holdout"), count_tokens, limit)
-    if not train_records or not holdout:
-        raise SealignError(f"every {'training' if not train_records else 'evaluation'} prompt is longer than --max-prompt-tokens {data_cfg.max_prompt_tokens}")
+    train_records, skipped_train, longest_train = drop_long(user.train if user else task.records("train"), tokenizer, limit)
+    holdout, skipped_eval, longest_eval = drop_long(user.eval if user else task.records("holdout"), tokenizer, limit)
+    check_fits(model, max(longest_train, longest_eval), max_new_tokens)
     oracle = make_oracle(oracle_cfg, task)
     learner = Learner(
         model,
@@ -356,9 +353,11 @@ def train(
         state.eval_calls += 2 * len(prompts)
         out = {"online_win_rate": win_stats(probs)["win_rate"]}
         if erm_pairs is not None and len(erm_pairs):
-            agree = oracle.compare(erm_pairs.prompts, erm_pairs.chosen, erm_pairs.rejected) > 0.5
+            probs = oracle.compare(erm_pairs.prompts, erm_pairs.chosen, erm_pairs.rejected)
             state.eval_calls += len(erm_pairs)
-            out["erm_label_accuracy"] = agree.double().mean().item()
+            judged = probs[~torch.isnan(probs)]  # a judge may leave some unanswered
+            if len(judged):
+                out["erm_label_accuracy"] = (judged > 0.5).double().mean().item()
         if agent.learn_erm and oracle.scores:
             m = sel.candidates.num_candidates
             true = oracle.score(*sel.candidates.flat()).reshape(len(prompts), m)  # (P, M)

@@ -72,10 +72,21 @@ def prompt_inputs(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) ->
     return texts, False
 
 
-def prompt_length(tokenizer: PreTrainedTokenizerBase, prompt: str) -> int:
-    """Tokens the policy reads for `prompt` (chat template included)."""
-    texts, special = prompt_inputs(tokenizer, [prompt])
-    return len(tokenizer(texts[0], add_special_tokens=special)["input_ids"])
+def prompt_lengths(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[int]:
+    """Tokens the policy reads for each prompt (chat template included)."""
+    texts, special = prompt_inputs(tokenizer, prompts)
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=special)["input_ids"]]
+
+
+def check_fits(model: PreTrainedModel, longest_prompt: int, max_new_tokens: int) -> None:
+    """Refuse, before any work, a prompt that with `max_new_tokens` exceeds the model's positions."""
+    need = longest_prompt + max_new_tokens
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if limit is not None and need > limit:
+        raise SealignError(
+            f"a prompt plus {max_new_tokens} new tokens needs {need} positions; the policy has {limit} "
+            "(lower --max-new-tokens or set --max-prompt-tokens)"
+        )
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:

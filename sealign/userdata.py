@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sealign.config import DataConfig
 from sealign.data import PromptRecord, read_records
 from sealign.errors import SealignError
+from sealign.policy import prompt_lengths
 
 Check = Optional[Callable[[PromptRecord], Optional[str]]]
 FILE_BUILDERS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".json": "json"}
@@ -98,12 +100,16 @@ def load_user_data(cfg: DataConfig, check: Check = None) -> UserData:
     return UserData(train=train[: cfg.max_train], eval=evaluation[: cfg.eval_size])
 
 
-def drop_long(records: list[PromptRecord], count_tokens: Callable[[str], int], limit: Optional[int]) -> tuple[list[PromptRecord], int]:
-    """The records whose prompt fits in `limit` tokens, and how many did not."""
-    if limit is None:
-        return records, 0
-    kept = [r for r in records if count_tokens(r.prompt) <= limit]
-    return kept, len(records) - len(kept)
+def drop_long(
+    records: list[PromptRecord], tokenizer: PreTrainedTokenizerBase, limit: Optional[int]
+) -> tuple[list[PromptRecord], int, int]:
+    """The records whose prompt fits in `limit` policy tokens, how many did not, and the longest
+    kept prompt's length. Dropping every record is an error."""
+    lengths = prompt_lengths(tokenizer, [r.prompt for r in records])
+    kept = [(r, n) for r, n in zip(records, lengths) if limit is None or n <= limit]
+    if not kept:
+        raise SealignError(f"all {len(records)} prompts of a split are longer than --max-prompt-tokens {limit}")
+    return [r for r, _ in kept], len(records) - len(kept), max(n for _, n in kept)
 
 
 def evaluation_records(cfg: DataConfig, check: Check = None) -> list[PromptRecord]:
