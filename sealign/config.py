@@ -167,6 +167,8 @@ class OracleConfig:
         _require(self.oracle_dtype in DTYPES, f"unknown --oracle-dtype {self.oracle_dtype!r} (known: {', '.join(DTYPES)})")
         if kind == "rm":
             _check_device(self.oracle_device, "--oracle-device")
+            target = oracle_kind(self.oracle)[1]
+            _require(not _is_local(target) or Path(target).expanduser().exists(), f"--oracle: reward model path {target!r} does not exist")
         _require(self.judge_concurrency > 0, f"--judge-concurrency must be positive, got {self.judge_concurrency}")
         _require(self.judge_parse_retries >= 0, f"--judge-parse-retries must be >= 0, got {self.judge_parse_retries}")
         _require(self.oracle_timeout > 0, f"--oracle-timeout must be positive, got {self.oracle_timeout}")

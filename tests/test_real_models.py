@@ -86,7 +86,8 @@ def test_csv_and_parquet_with_custom_keys(tmp_path, task, suffix):
     "argv, fragment",
     [
         (["--oracle", "oops:x"], "unknown --oracle 'oops:x'"),
-        (["--oracle", "rm:/no/such/rm"], "cannot load reward model"),
+        (["--oracle", "rm:/no/such/rm"], "reward model path '/no/such/rm' does not exist"),
+        (["--oracle", f"rm:{__file__}"], "cannot load reward model"),
         (["--policy", "/no/such/policy"], "does not exist"),
         (["--ref", "/tmp"], "cannot load policy '/tmp'"),
         (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
