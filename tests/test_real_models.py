@@ -10,6 +10,7 @@ import torch
 
 from sealign.cli import main
 from sealign.config import DataConfig, OracleConfig
+from sealign.errors import SealignError
 from sealign.oracles import make_oracle
 from sealign.tiny import CHAT_TEMPLATE
 from sealign.userdata import load_user_data
@@ -130,3 +131,16 @@ def test_eval_any_policy_with_a_reward_model_oracle(tmp_path, tiny_models, promp
     assert stats["prompts"] == 10 and 0 <= stats["win_rate"] <= 1 and stats["unanswered"] == 0
     assert main(["eval", "--oracle", "judge:gpt", "--best-of", "2"]) == 2
     assert "has none" in capsys.readouterr().err
+
+
+def test_dataset_folder_with_train_and_test_splits(tmp_path, task):
+    """A folder (or hub dataset) with its own splits: the eval split is used, nothing held out."""
+    from sealign.data import write_records
+
+    records = task.records("holdout")
+    write_records(tmp_path / "ds" / "train.jsonl", records[:10])
+    write_records(tmp_path / "ds" / "test.jsonl", records[10:14])
+    data = load_user_data(DataConfig(data=str(tmp_path / "ds"), max_train=7))
+    assert data.train == records[:7] and data.eval == records[10:14]
+    with pytest.raises(SealignError, match="no split 'dev'"):
+        load_user_data(DataConfig(data=str(tmp_path / "ds"), train_split="dev"))
