@@ -4,6 +4,7 @@ on the configured device and dtype, optionally trained through LoRA adapters (`-
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -61,8 +62,6 @@ def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path
     """Save a loadable policy: LoRA adapters are merged into the base weights first, so the
     folder is a plain transformers checkpoint (`sealign eval --policy` and any HF tool read it)."""
     if hasattr(model, "merge_and_unload"):  # a peft model; merging a copy leaves the learner's intact
-        import copy
-
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
