@@ -14,7 +14,17 @@ from typing import Callable, Optional
 from rich.table import Table
 from transformers import HfArgumentParser
 
-from sealign.config import ERMConfig, EvalConfig, OracleConfig, PolicyConfig, SFTConfig, TaskConfig, TrainConfig
+from sealign.config import (
+    DataConfig,
+    ERMConfig,
+    EvalConfig,
+    ModelConfig,
+    OracleConfig,
+    PolicyConfig,
+    SFTConfig,
+    TaskConfig,
+    TrainConfig,
+)
 from sealign.errors import SealignError
 from sealign.progress import console, stdout
 
@@ -33,12 +43,13 @@ class OutputArgs:
 
 
 @dataclass
-class EvalArgs:
-    policy: Optional[str] = field(
-        default=None, metadata={"help": "policy folder (transformers format); default: the built-in pi_ref"}
-    )
-    data: Optional[str] = field(
-        default=None, metadata={"help": "JSONL file of {prompt, reference} records; default: the task's holdout split"}
+class ServeArgs:
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0: every interface)"})
+    port: int = field(default=8000, metadata={"help": "TCP port"})
+    max_batch: int = field(default=64, metadata={"help": "most pairs (or responses) scored in one batch"})
+    max_wait_ms: float = field(default=5.0, metadata={"help": "how long the first request of a batch waits for others"})
+    token_env: str = field(
+        default="SEALIGN_ORACLE_TOKEN", metadata={"help": "environment variable holding a bearer token to require, if set"}
     )
 
 
@@ -90,12 +101,9 @@ def cmd_sft(task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, 
     return {"path": str(result.path), "reused": result.reused, **{k: v for k, v in meta.items() if k != "losses"}}
 
 
-def _resolve_policy(args: EvalArgs, task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig) -> Path:
-    if args.policy is not None:
-        path = Path(args.policy)
-        if not path.exists():
-            raise SealignError(f"policy path {args.policy!r} does not exist")
-        return path
+def _resolve_policy(model_cfg: ModelConfig, task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig) -> Path:
+    if model_cfg.policy is not None:
+        return Path(model_cfg.policy)
     from sealign.sft import META_FILE, reference_dir
 
     path = reference_dir(task_cfg, policy_cfg, sft_cfg)
@@ -104,21 +112,28 @@ def _resolve_policy(args: EvalArgs, task_cfg: TaskConfig, policy_cfg: PolicyConf
     return path
 
 
-def _evaluate(path: Path, task, records: list, oracle_cfg: OracleConfig, eval_cfg: EvalConfig) -> dict:
-    """Win statistics of the policy at `path` on `records`, judged by the task's oracle."""
-    from sealign.evaluate import evaluate_policy
-    from sealign.oracles import RewardOracle
-    from sealign.policy import load_policy
+def _check_best_of(oracle_cfg: OracleConfig, eval_cfg: EvalConfig) -> None:
+    if eval_cfg.best_of > 1 and oracle_cfg.kind not in ("task", "rm"):
+        raise SealignError(f"--best-of ranks samples by the oracle's reward; a {oracle_cfg.kind} oracle has none")
 
-    model, tokenizer = load_policy(path)
-    longest = max(len(tokenizer(r.prompt)["input_ids"]) for r in records) + task.max_new_tokens
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    if limit is not None and longest > limit:
-        raise SealignError(f"a prompt plus {task.max_new_tokens} new tokens needs {longest} positions; the policy has {limit}")
-    oracle = RewardOracle(task.reward, oracle_cfg)
+
+def _evaluate(
+    path: Path, task, records: list, oracle_cfg: OracleConfig, eval_cfg: EvalConfig, model_cfg: ModelConfig | None = None
+) -> dict:
+    """Win statistics of the policy at `path` on `records`, judged by the configured oracle."""
+    from sealign.evaluate import evaluate_policy
+    from sealign.oracles import make_oracle
+    from sealign.policy import check_fits, load_policy, prompt_lengths
+
+    model_cfg = model_cfg or ModelConfig()
+    _check_best_of(oracle_cfg, eval_cfg)
+    model, tokenizer = load_policy(path, model_cfg.device, model_cfg.dtype, model_cfg.chat_template)
+    max_new_tokens = model_cfg.max_new_tokens or task.max_new_tokens
+    check_fits(model, max(prompt_lengths(tokenizer, [r.prompt for r in records])), max_new_tokens)
+    oracle = make_oracle(oracle_cfg, task)
     start = time.time()
     stats = evaluate_policy(
-        model, tokenizer, oracle, records, eval_cfg, max_new_tokens=task.max_new_tokens, scorer=oracle.score
+        model, tokenizer, oracle, records, eval_cfg, max_new_tokens=max_new_tokens, scorer=oracle.score if oracle.scores else None
     )
     return {**stats, "prompts": len(records), "seconds": round(time.time() - start, 1)}
 
@@ -129,18 +144,21 @@ def cmd_eval(
     sft_cfg: SFTConfig,
     oracle_cfg: OracleConfig,
     eval_cfg: EvalConfig,
-    args: EvalArgs,
+    model_cfg: ModelConfig,
+    data_cfg: DataConfig,
     out: OutputArgs,
 ) -> dict:
     """Win rate of a policy against the references (greedy unless --sample or --best-of)."""
-    from sealign.data import read_records
     from sealign.tasks import make_task
+    from sealign.userdata import evaluation_records
 
+    _check_best_of(oracle_cfg, eval_cfg)
     task = make_task(task_cfg)
     # read and check user data before any model is loaded
-    records = read_records(args.data, check=task.check_record) if args.data else task.records("holdout")
-    path = _resolve_policy(args, task_cfg, policy_cfg, sft_cfg)
-    stats = _evaluate(path, task, records, oracle_cfg, eval_cfg)
+    check = task.check_record if oracle_cfg.kind == "task" else None
+    records = evaluation_records(data_cfg, check) if data_cfg.data else task.records("holdout")
+    path = _resolve_policy(model_cfg, task_cfg, policy_cfg, sft_cfg)
+    stats = _evaluate(path, task, records, oracle_cfg, eval_cfg, model_cfg)
     mode = f"best-of-{eval_cfg.best_of} (oracle reward)" if eval_cfg.best_of > 1 else ("sampled" if eval_cfg.sample else "greedy")
     table = Table(title=f"win rate vs references — {path}")
     for col in ("decoding", "prompts", "win_rate", "win_prob", "mean length"):
@@ -199,6 +217,8 @@ def cmd_train(
     sft_cfg: SFTConfig,
     oracle_cfg: OracleConfig,
     erm_cfg: ERMConfig,
+    model_cfg: ModelConfig,
+    data_cfg: DataConfig,
     cfg: TrainConfig,
     out: OutputArgs,
 ) -> dict:
@@ -206,11 +226,12 @@ def cmd_train(
     from sealign.loop import train
 
     if cfg.resume:  # a resumed run keeps its saved settings: refuse flags that would be ignored
-        changed = _changed([task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, dataclasses.replace(cfg, resume=None, out="-")])
+        given = [task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, dataclasses.replace(cfg, resume=None, out="-")]
+        changed = _changed(given)
         if changed:
             raise SealignError(f"--resume continues with the run's saved settings; drop {', '.join('--' + n for n in changed)}")
 
-    summary = train(cfg, task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, progress=not out.quiet)
+    summary = train(cfg, task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, progress=not out.quiet)
     table = Table(title=f"{summary['agent']} {summary['loss']} — {cfg.resume or cfg.out}")
     for col in ("queries", "win_rate pi_ref", "win_rate final", "wall s", "generate s", "select s", "oracle s", "learn s", "eval s"):
         table.add_column(col)
@@ -268,8 +289,9 @@ def cmd_study(args: StudyArgs, out: OutputArgs) -> dict:
     report_dir = root / plan.name
     report_dir.mkdir(parents=True, exist_ok=True)
     references = {}  # built once here, not by parallel runs racing to build the same one
-    for task_cfg, policy_cfg, sft_cfg, *_ in configs:
-        references.setdefault(reference_dir(task_cfg, policy_cfg, sft_cfg), (task_cfg, policy_cfg, sft_cfg))
+    for task_cfg, policy_cfg, sft_cfg, _, _, model_cfg, *_ in configs:
+        if model_cfg.policy is None:  # arms with their own --policy need no built-in pi_ref
+            references.setdefault(reference_dir(task_cfg, policy_cfg, sft_cfg), (task_cfg, policy_cfg, sft_cfg))
     for task_cfg, policy_cfg, sft_cfg in references.values():
         ensure_reference(task_cfg, policy_cfg, sft_cfg, progress=not out.quiet)
     echo = (lambda line: None) if out.quiet else console.print
@@ -307,32 +329,93 @@ def cmd_plot(args: PlotArgs, out: OutputArgs) -> dict:
     return {"out": args.out, "runs": [str(f) for f in folders]}
 
 
+def cmd_serve_oracle(task_cfg: TaskConfig, oracle_cfg: OracleConfig, args: ServeArgs, out: OutputArgs) -> dict:
+    """Serve an oracle over HTTP with dynamic batching until interrupted (see sealign/oracles/serve.py)."""
+    from sealign.oracles import make_oracle
+    from sealign.oracles.serve import serve
+    from sealign.tasks import make_task
+
+    if oracle_cfg.kind == "remote":
+        raise SealignError("serve-oracle serves a local oracle (task, rm:MODEL or judge:MODEL), not another server")
+    if not 0 < args.port < 65536:
+        raise SealignError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_batch < 1 or args.max_wait_ms < 0:
+        raise SealignError("--max-batch must be >= 1 and --max-wait-ms >= 0")
+    oracle = make_oracle(oracle_cfg, make_task(task_cfg))
+    token = os.environ.get(args.token_env)
+    console.print(
+        f"serving oracle {oracle_cfg.oracle} on http://{args.host}:{args.port} (max batch {args.max_batch}, "
+        f"wait {args.max_wait_ms} ms, {'bearer token required' if token else 'no token'})"
+    )
+    serve(oracle, oracle_cfg.oracle, args.host, args.port, max_batch=args.max_batch, max_wait=args.max_wait_ms / 1000, token=token)
+    return {"oracle": oracle_cfg.oracle, "host": args.host, "port": args.port}
+
+
 Command = tuple[Callable[..., dict], list[type], str]
 COMMANDS: dict[str, Command] = {
     "demo": (cmd_demo, [TaskConfig, PolicyConfig, SFTConfig, DemoArgs, OutputArgs], "online DPO vs SEA-DPO on the built-in task (the main job)"),
     "sft": (cmd_sft, [TaskConfig, PolicyConfig, SFTConfig, OutputArgs], "build (or reuse) the reference policy pi_ref"),
     "eval": (
         cmd_eval,
-        [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, EvalConfig, EvalArgs, OutputArgs],
+        [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, EvalConfig, ModelConfig, DataConfig, OutputArgs],
         "win rate of a policy vs references",
     ),
     "train": (
         cmd_train,
-        [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, ERMConfig, TrainConfig, OutputArgs],
+        [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, ERMConfig, ModelConfig, DataConfig, TrainConfig, OutputArgs],
         "run an agent under a query budget",
     ),
     "study": (cmd_study, [StudyArgs, OutputArgs], "run a grid of agents x seeds and report win-rate curves"),
     "plot": (cmd_plot, [PlotArgs, OutputArgs], "plot run folders on one figure"),
     "export": (cmd_export, [TaskConfig, ExportArgs, OutputArgs], "write a task split as JSONL"),
+    "serve-oracle": (cmd_serve_oracle, [TaskConfig, OracleConfig, ServeArgs, OutputArgs], "serve an oracle over HTTP, dynamically batched"),
 }
 
 
 POSITIONAL = {"study": "study", "plot": "runs"}  # the field that leading bare words fill
 
 
+def config_args(path: str, parser: _Parser) -> list[str]:
+    """The options of a YAML recipe (`name: value` per line, names as on the command line) as
+    command-line arguments. They go first, so flags given on the command line override them."""
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SealignError(f"--config {path!r}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise SealignError(f"--config {path!r}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(recipe, dict):
+        raise SealignError(f"--config {path!r}: expected a mapping of option: value")
+    known = {action.dest for action in parser._actions}
+    argv: list[str] = []
+    for key, value in recipe.items():
+        name = str(key).replace("-", "_")
+        if name not in known or name == "help":
+            raise SealignError(f"--config {path!r}: unknown option {key!r}")
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        argv += [f"--{name}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    return argv
+
+
+def _pop_config(argv: list[str]) -> tuple[list[str], Optional[str]]:
+    """Take `--config FILE` (or `--config=FILE`) out of the arguments."""
+    for i, arg in enumerate(argv):
+        if arg == "--config":
+            if i + 1 == len(argv):
+                raise SealignError("--config needs a YAML file")
+            return argv[:i] + argv[i + 2 :], argv[i + 1]
+        if arg.startswith("--config="):
+            return argv[:i] + argv[i + 1 :], arg.split("=", 1)[1]
+    return argv, None
+
+
 def _usage() -> str:
-    lines = ["usage: sealign COMMAND [options]   (sealign COMMAND --help for its options)", "", "commands:"]
-    lines += [f"  {name:<8} {doc}" for name, (_, _, doc) in COMMANDS.items()]
+    lines = ["usage: sealign COMMAND [--config RECIPE.yaml] [options]   (sealign COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<12} {doc}" for name, (_, _, doc) in COMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -350,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
             n = next((i for i, token in enumerate(rest) if token.startswith("-")), len(rest))
             rest = [f"--{POSITIONAL[name]}", *rest[:n], *rest[n:]]
         parser = _Parser(types, prog=f"sealign {name}", description=doc)
+        rest, recipe = _pop_config(rest)
+        if recipe is not None:
+            rest = [*config_args(recipe, parser), *rest]
         *cfgs, remaining = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
         if remaining:
             raise SealignError(f"unrecognized arguments: {' '.join(remaining)}")

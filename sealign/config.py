@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from sealign.errors import SealignError
@@ -87,24 +88,170 @@ class SFTConfig:
         _require(0 <= self.sft_warmup < self.sft_steps, f"--sft-warmup must be in [0, sft_steps), got {self.sft_warmup}")
 
 
+ORACLE_KINDS = ("task", "rm:MODEL", "judge:MODEL", "http://HOST:PORT")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def oracle_kind(spec: str) -> tuple[str, str]:
+    """Split an --oracle spec into (kind, target): task, rm, judge or remote (a URL)."""
+    if spec == "task":
+        return "task", ""
+    if spec.startswith(("http://", "https://")):
+        return "remote", spec.rstrip("/")
+    kind, sep, target = spec.partition(":")
+    if not sep or kind not in ("rm", "judge") or not target:
+        raise SealignError(f"unknown --oracle {spec!r} (known: {', '.join(ORACLE_KINDS)})")
+    return kind, target
+
+
+def _check_device(device: str, flag: str) -> None:
+    import torch
+
+    _require(device == "cpu" or device.startswith(("cuda", "mps")), f"unknown {flag} {device!r} (known: cpu, cuda, cuda:N, mps)")
+    _require(not device.startswith("cuda") or torch.cuda.is_available(), f"{flag} {device}: no CUDA device is available")
+
+
 @dataclass
 class OracleConfig:
-    """How the preference oracle turns P(a > b) into labels (paper §2.1, Eq. 3)."""
+    """Who answers "which response is better?" and how P(a > b) becomes a label (paper §2.1, Eq. 3)."""
 
-    oracle_temperature: float = field(
-        default=0.2, metadata=_help("Bradley-Terry temperature tau: P(a>b) = sigmoid((r(a) - r(b)) / tau)")
+    oracle: str = field(
+        default="task",
+        metadata=_help(
+            "task: the built-in task's hidden reward; rm:MODEL: a sequence-classification reward model (hub name or "
+            "folder); judge:MODEL: an LLM judge behind an OpenAI-compatible API; http://HOST:PORT: a `sealign serve-oracle`"
+        ),
+    )
+    oracle_temperature: Optional[float] = field(
+        default=None,
+        metadata=_help("Bradley-Terry temperature tau: P(a>b) = sigmoid((r(a) - r(b)) / tau); default 0.2 (task), 1 (rm)"),
     )
     label_mode: str = field(
         default="argmax",
         metadata=_help("argmax: the more likely answer; bernoulli: a noisy human, z ~ Ber(P)", choices=["argmax", "bernoulli"]),
     )
     flip_prob: float = field(default=0.0, metadata=_help("probability that a label is flipped (annotator error)"))
-    oracle_seed: int = field(default=0, metadata=_help("seed of the oracle's label noise and tie breaks"))
+    oracle_seed: int = field(default=0, metadata=_help("seed of the oracle's label noise, tie breaks and judge positions"))
+    oracle_batch_size: int = field(default=32, metadata=_help("rm: responses scored at once"))
+    oracle_device: str = field(default="cpu", metadata=_help("rm: device of the reward model (cpu, cuda, cuda:N)"))
+    oracle_dtype: str = field(default="float32", metadata=_help("rm: dtype of the reward model", choices=list(DTYPES)))
+    rm_chat_template: bool = field(
+        default=True, metadata=_help("rm: score (prompt, response) through the reward model tokenizer's chat template when it has one")
+    )
+    judge_base_url: str = field(default="https://api.openai.com/v1", metadata=_help("judge: OpenAI-compatible API root"))
+    judge_key_env: str = field(
+        default="OPENAI_API_KEY", metadata=_help("judge: environment variable holding the API key (never logged or saved)")
+    )
+    judge_template: Optional[str] = field(
+        default=None, metadata=_help("judge: text file with the prompt template ({prompt}, {first}, {second}); default built in")
+    )
+    judge_concurrency: int = field(default=8, metadata=_help("judge: requests in flight at once"))
+    judge_parse_retries: int = field(default=2, metadata=_help("judge: new tries for an answer that names neither response"))
+    oracle_token_env: str = field(
+        default="SEALIGN_ORACLE_TOKEN", metadata=_help("remote: environment variable holding the bearer token, if the server wants one")
+    )
+    oracle_timeout: float = field(default=60.0, metadata=_help("judge, remote: seconds before a request is abandoned and retried"))
+    oracle_retries: int = field(default=6, metadata=_help("judge, remote: retries (exponential backoff) on timeouts, 429 and 5xx"))
+    oracle_backoff: float = field(default=0.5, metadata=_help("judge, remote: seconds before the first retry; doubles each time"))
 
     def __post_init__(self) -> None:
-        _require(self.oracle_temperature > 0, f"--oracle-temperature must be positive, got {self.oracle_temperature}")
+        kind, _ = oracle_kind(self.oracle)
+        if self.oracle_temperature is None and kind in ("task", "rm"):
+            self.oracle_temperature = 0.2 if kind == "task" else 1.0
+        _require(
+            self.oracle_temperature is None or kind in ("task", "rm"),
+            f"--oracle-temperature applies to task and rm oracles, not {kind} (a served oracle sets it on the server)",
+        )
+        _require(self.oracle_temperature is None or self.oracle_temperature > 0, f"--oracle-temperature must be positive, got {self.oracle_temperature}")
         _require(self.label_mode in ("argmax", "bernoulli"), f"unknown label mode {self.label_mode!r} (known: argmax, bernoulli)")
         _require(0.0 <= self.flip_prob < 0.5, f"--flip-prob must be in [0, 0.5), got {self.flip_prob}")
+        _require(self.oracle_batch_size > 0, f"--oracle-batch-size must be positive, got {self.oracle_batch_size}")
+        _require(self.oracle_dtype in DTYPES, f"unknown --oracle-dtype {self.oracle_dtype!r} (known: {', '.join(DTYPES)})")
+        if kind == "rm":
+            _check_device(self.oracle_device, "--oracle-device")
+            target = oracle_kind(self.oracle)[1]
+            _require(not _is_local(target) or Path(target).expanduser().exists(), f"--oracle: reward model path {target!r} does not exist")
+        _require(self.judge_concurrency > 0, f"--judge-concurrency must be positive, got {self.judge_concurrency}")
+        _require(self.judge_parse_retries >= 0, f"--judge-parse-retries must be >= 0, got {self.judge_parse_retries}")
+        _require(self.oracle_timeout > 0, f"--oracle-timeout must be positive, got {self.oracle_timeout}")
+        _require(self.oracle_retries >= 0, f"--oracle-retries must be >= 0, got {self.oracle_retries}")
+        _require(self.oracle_backoff >= 0, f"--oracle-backoff must be >= 0, got {self.oracle_backoff}")
+        _require(
+            self.judge_template is None or Path(self.judge_template).is_file(),
+            f"--judge-template {self.judge_template!r} does not exist or is not a file",
+        )
+
+    @property
+    def kind(self) -> str:
+        return oracle_kind(self.oracle)[0]
+
+    @property
+    def target(self) -> str:
+        return oracle_kind(self.oracle)[1]
+
+
+def _is_local(name: str) -> bool:
+    """A name that can only mean a local path (a hub name is never absolute nor starts with '.')."""
+    return Path(name).is_absolute() or name.startswith((".", "~"))
+
+
+@dataclass
+class ModelConfig:
+    """Which policy to align: any transformers causal LM (paper §5.2 uses Pythia TL;DR SFT models)."""
+
+    policy: Optional[str] = field(
+        default=None, metadata=_help("causal LM to align (hub name or folder); default: the built-in task's SFT pi_ref")
+    )
+    ref: Optional[str] = field(default=None, metadata=_help("frozen reference pi_ref (hub name or folder); default: the initial policy"))
+    device: str = field(default="cpu", metadata=_help("device of the policy: cpu, cuda, cuda:N, mps"))
+    dtype: str = field(default="float32", metadata=_help("dtype of the policy weights", choices=list(DTYPES)))
+    chat_template: bool = field(
+        default=False, metadata=_help("wrap each prompt in the policy tokenizer's chat template (as a user turn)")
+    )
+    max_new_tokens: Optional[int] = field(default=None, metadata=_help("response length limit; default: the task's (12)"))
+    lora_r: int = field(default=0, metadata=_help("LoRA rank (needs peft: pip install 'sealign[lora]'); 0 trains every weight"))
+    lora_alpha: float = field(default=16.0, metadata=_help("LoRA scaling alpha"))
+
+    def __post_init__(self) -> None:
+        for flag, name in (("--policy", self.policy), ("--ref", self.ref)):
+            _require(name is None or not _is_local(name) or Path(name).expanduser().exists(), f"{flag} path {name!r} does not exist")
+        _require(self.ref is None or self.policy is not None, "--ref needs --policy (the built-in pi_ref is its own reference)")
+        _require(self.dtype in DTYPES, f"unknown --dtype {self.dtype!r} (known: {', '.join(DTYPES)})")
+        _check_device(self.device, "--device")
+        _require(self.max_new_tokens is None or self.max_new_tokens > 0, f"--max-new-tokens must be positive, got {self.max_new_tokens}")
+        _require(self.lora_r >= 0, f"--lora-r must be >= 0, got {self.lora_r}")
+        _require(self.lora_r == 0 or self.policy is not None, "--lora-r needs --policy")
+        if self.lora_r:
+            import importlib.util
+
+            _require(importlib.util.find_spec("peft") is not None, "--lora-r needs peft: pip install 'sealign[lora]'")
+
+
+@dataclass
+class DataConfig:
+    """Prompts and references: the task's, or a user's file or datasets-hub dataset (paper §5.2: TL;DR)."""
+
+    data: Optional[str] = field(
+        default=None, metadata=_help("prompts + references: a .jsonl/.csv/.parquet file or a datasets-hub name; default: the task's")
+    )
+    eval_data: Optional[str] = field(default=None, metadata=_help("a separate file or hub name for the evaluation prompts"))
+    prompt_key: str = field(default="prompt", metadata=_help("field holding the prompt"))
+    reference_key: str = field(default="reference", metadata=_help("field holding the reference response"))
+    train_split: str = field(default="train", metadata=_help("split of --data the agent learns on"))
+    eval_split: str = field(default="test", metadata=_help("split evaluated on; absent: --eval-size records are held out of the training split"))
+    eval_size: int = field(default=500, metadata=_help("evaluation prompts (at most)"))
+    max_train: Optional[int] = field(default=None, metadata=_help("learn on the first N training prompts only"))
+    max_prompt_tokens: Optional[int] = field(
+        default=None, metadata=_help("skip (and count) prompts longer than this many policy tokens; never truncated")
+    )
+
+    def __post_init__(self) -> None:
+        for flag, name in (("--data", self.data), ("--eval-data", self.eval_data)):
+            _require(name is None or not _is_local(name) or Path(name).expanduser().exists(), f"{flag} {name!r} does not exist")
+        _require(self.eval_data is None or self.data is not None, "--eval-data needs --data")
+        _require(self.eval_size > 0, f"--eval-size must be positive, got {self.eval_size}")
+        _require(self.max_train is None or self.max_train > 0, f"--max-train must be positive, got {self.max_train}")
+        _require(self.max_prompt_tokens is None or self.max_prompt_tokens > 0, f"--max-prompt-tokens must be positive, got {self.max_prompt_tokens}")
 
 
 @dataclass

@@ -42,9 +42,9 @@ class Backbone:
     features φ(x, y). Any transformers model loads (its base, without the LM head); the
     feature width is read from its config."""
 
-    def __init__(self, path: str | Path, pooling: str = "mean", batch_size: int = 256):
+    def __init__(self, path: str | Path, pooling: str = "mean", batch_size: int = 256, device: str = "cpu"):
         try:
-            self.model = AutoModel.from_pretrained(str(path)).eval().requires_grad_(False)
+            self.model = AutoModel.from_pretrained(str(path)).to(device).eval().requires_grad_(False)
             self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         except (OSError, ValueError) as e:
             raise SealignError(f"cannot load ERM backbone {str(path)!r}: {str(e).splitlines()[0]}") from None
@@ -61,8 +61,9 @@ class Backbone:
             batch = encode_pairs(
                 self.tokenizer, prompts[start : start + self.batch_size], responses[start : start + self.batch_size]
             )
+            batch = {k: v.to(self.model.device) for k, v in batch.items()}
             hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-            out.append(pool(hidden.float(), batch["response_mask"], self.pooling))  # (b, d)
+            out.append(pool(hidden.float(), batch["response_mask"], self.pooling).cpu())  # (b, d): the heads live on the CPU
         return torch.cat(out)
 
 

@@ -21,9 +21,12 @@ def win_stats(probs: torch.Tensor) -> dict[str, float]:
     """Summaries of P(policy > reference) per prompt, shape (N,).
 
     win_prob = mean P; win_rate = fraction of prompts where P > 1/2, ties (P = 1/2) counted half.
+    Prompts the oracle could not judge (NaN) are left out of both and counted as `unanswered`.
     """
+    answered = ~torch.isnan(probs)
+    probs = probs[answered]
     wins = (probs > 0.5).double() + 0.5 * (probs == 0.5).double()
-    return {"win_prob": probs.double().mean().item(), "win_rate": wins.mean().item()}
+    return {"win_prob": probs.double().mean().item(), "win_rate": wins.mean().item(), "unanswered": int((~answered).sum())}
 
 
 def best_of_n(candidates: Sequence[Sequence[str]], prompts: Sequence[str], scorer: Scorer) -> list[str]:

@@ -52,6 +52,7 @@ class Explorer:
         policy_logprobs: Optional[LogProbs] = None,
         beta: float = 0.1,
         entropy: str = "sequence",
+        device: str = "cpu",
     ):
         self.rule = None if rule == "apl" else SELECTORS[rule]
         self.policy_logprobs, self.beta, self.per_token = policy_logprobs, beta, entropy == "token"
@@ -59,7 +60,7 @@ class Explorer:
         self.backbone: Optional[Backbone] = None
         self.erm: Optional[EpistemicRewardModel] = None
         if erm_cfg is not None:
-            self.backbone = Backbone(erm_cfg.erm_backbone or backbone_path, erm_cfg.erm_pooling)
+            self.backbone = Backbone(erm_cfg.erm_backbone or backbone_path, erm_cfg.erm_pooling, device=device)
             self.erm = EpistemicRewardModel(self.backbone.width, erm_cfg, seed)
 
     # -- selection ------------------------------------------------------------------------------

@@ -41,13 +41,16 @@ class NonFiniteLoss(RuntimeError):
 class Learner:
     """Holds pi_theta (trained), pi_ref (frozen copy), the optimizer and the schedule."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: LearnerConfig):
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: LearnerConfig, ref: PreTrainedModel | None = None
+    ):
         self.model = model.eval()  # dropout off: the DAP loss compares deterministic log-probs
-        self.ref = copy.deepcopy(model).eval().requires_grad_(False)
+        # pi_ref: a given reference (--ref), else a frozen copy of the initial policy
+        self.ref = (ref if ref is not None else copy.deepcopy(model)).eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.loss_fn = get_loss(cfg.loss)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
         self.scheduler = get_scheduler(cfg.lr_schedule, self.optimizer, cfg.warmup_steps, cfg.total_steps)
         self.steps = 0
 

@@ -18,19 +18,30 @@ import torch
 
 from sealign.actor import Actor
 from sealign.agents import AGENTS
-from sealign.config import ERMConfig, EvalConfig, OracleConfig, PolicyConfig, SFTConfig, TaskConfig, TrainConfig
+from sealign.config import (
+    DataConfig,
+    ERMConfig,
+    EvalConfig,
+    ModelConfig,
+    OracleConfig,
+    PolicyConfig,
+    SFTConfig,
+    TaskConfig,
+    TrainConfig,
+)
 from sealign.data import PromptRecord
 from sealign.errors import SealignError
 from sealign.evaluate import evaluate_policy, win_stats
 from sealign.learner import Learner, LearnerConfig, NonFiniteLoss
-from sealign.oracles import RewardOracle
-from sealign.policy import load_policy, sequence_logprobs
+from sealign.models import load_models, save_policy
+from sealign.oracles import make_oracle
+from sealign.policy import check_fits, sequence_logprobs
 from sealign.progress import progress_bar
 from sealign.explorer import Explorer
 from sealign.records import Preferences
 from sealign.runfolder import RunFolder
-from sealign.sft import ensure_reference, weights_fingerprint
 from sealign.tasks import make_task
+from sealign.userdata import drop_long, load_user_data
 
 TIMERS = ("generate", "select", "oracle", "learn", "eval")
 MAX_IDLE_BATCHES = 20
@@ -81,6 +92,7 @@ class LoopState:
     step: int = 0  # learner updates
     eval_calls: int = 0  # oracle comparisons spent on evaluation, never charged to the budget
     identical_skipped: int = 0  # sampled duels of two identical responses: not asked, not charged
+    unanswered: int = 0  # duels the oracle could not judge (an unparseable judge answer): not charged
     clashes: int = 0  # prompts whose second response came from the clash rule (sealign.explore)
     idle_batches: int = 0  # consecutive batches that had nothing to ask
     timers: dict = field(default_factory=lambda: dict.fromkeys(TIMERS, 0.0))
@@ -108,6 +120,8 @@ def _configs_from_folder(folder: RunFolder) -> dict:
             "sft": SFTConfig(**saved["sft"]),
             "oracle": OracleConfig(**saved["oracle"]),
             "erm": ERMConfig(**saved.get("erm", {})),
+            "model": ModelConfig(**saved.get("model", {})),
+            "data": DataConfig(**saved.get("data", {})),
             "train": TrainConfig(**{**saved["train"], "out": None, "resume": str(folder.path)}),
             "reference": saved["reference"],
         }
@@ -138,17 +152,19 @@ def train(
     sft_cfg: SFTConfig,
     oracle_cfg: OracleConfig,
     erm_cfg: ERMConfig | None = None,
+    model_cfg: ModelConfig | None = None,
+    data_cfg: DataConfig | None = None,
     *,
     progress: bool = True,
 ) -> dict:
     """Run (or resume) one agent until the budget is spent; returns the summary."""
-    erm_cfg = erm_cfg or ERMConfig()
+    erm_cfg, model_cfg, data_cfg = erm_cfg or ERMConfig(), model_cfg or ModelConfig(), data_cfg or DataConfig()
     resume = cfg.resume is not None
     folder = RunFolder(cfg.resume or cfg.out, resume=resume)
     if resume:
         saved = _configs_from_folder(folder)
-        task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, cfg = (
-            saved[k] for k in ("task", "policy", "sft", "oracle", "erm", "train")
+        task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, cfg = (
+            saved[k] for k in ("task", "policy", "sft", "oracle", "erm", "model", "data", "train")
         )
     else:
         config = {
@@ -157,20 +173,29 @@ def train(
             "sft": dataclasses.asdict(sft_cfg),
             "oracle": dataclasses.asdict(oracle_cfg),
             "erm": dataclasses.asdict(erm_cfg),
+            "model": dataclasses.asdict(model_cfg),
+            "data": dataclasses.asdict(data_cfg),
             "train": {**dataclasses.asdict(cfg), "out": None, "resume": None},
         }
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     agent = AGENTS[cfg.agent]
     task = make_task(task_cfg)
-    ref = ensure_reference(task_cfg, policy_cfg, sft_cfg, progress=progress)
-    fingerprint = weights_fingerprint(ref.path)
-    if resume and saved["reference"] != fingerprint:
+    # user data is read and checked before any model is loaded
+    user = load_user_data(data_cfg, task.check_record if oracle_cfg.kind == "task" else None) if data_cfg.data else None
+    models = load_models(model_cfg, task_cfg, policy_cfg, sft_cfg, progress=progress)
+    if resume and saved["reference"] != models.fingerprint:
         raise SealignError(
-            f"the reference policy at {ref.path} differs from the one this run started from "
-            f"(weights {fingerprint} != {saved['reference']}): resuming would change pi_ref"
+            f"the reference policy {models.ref_source} differs from the one this run started from "
+            f"(weights {models.fingerprint} != {saved['reference']}): resuming would change pi_ref"
         )
-    model, tokenizer = load_policy(ref.path)
+    model, tokenizer = models.policy, models.tokenizer
+    max_new_tokens = model_cfg.max_new_tokens or task.max_new_tokens
+    limit = data_cfg.max_prompt_tokens
+    train_records, skipped_train, longest_train = drop_long(user.train if user else task.records("train"), tokenizer, limit)
+    holdout, skipped_eval, longest_eval = drop_long(user.eval if user else task.records("holdout"), tokenizer, limit)
+    check_fits(model, max(longest_train, longest_eval), max_new_tokens)
+    oracle = make_oracle(oracle_cfg, task)
     learner = Learner(
         model,
         tokenizer,
@@ -185,13 +210,14 @@ def train(
             loss_kwargs={"label_smoothing": cfg.label_smoothing} if cfg.loss == "dpo" else None,
             optimism=cfg.xpo_alpha if cfg.agent == "xpo" else 0.0,
         ),
+        ref=models.ref,
     )
     actor = Actor(
         model,
         tokenizer,
         num_candidates=cfg.num_candidates,
         temperature=cfg.train_temperature,
-        max_new_tokens=task.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         reference=learner.ref if cfg.agent == "xpo" else None,
     )
 
@@ -205,16 +231,15 @@ def train(
         cfg.explore,
         cfg.seed,
         erm_cfg if agent.learn_erm else None,
-        ref.path,
+        models.ref_source,
         policy_logprobs=policy_logprobs,
         beta=cfg.beta,
         entropy=cfg.apl_entropy,
+        device=model_cfg.device,
     )
     if not resume:  # everything that can fail on bad input has been built: now the run exists
-        folder.create({**config, "reference": fingerprint})
-    oracle = RewardOracle(task.reward, oracle_cfg)
-    stream = PromptStream(task.records("train"), cfg.seed)
-    holdout = task.records("holdout")
+        folder.create({**config, "reference": models.fingerprint})
+    stream = PromptStream(train_records, cfg.seed)
     torch.manual_seed(cfg.seed)
     state = LoopState()
 
@@ -251,7 +276,7 @@ def train(
     def evaluate() -> dict:
         with Timer(state.timers, "eval"):
             stats = evaluate_policy(
-                learner.model, tokenizer, oracle, holdout, eval_cfg, max_new_tokens=task.max_new_tokens, scorer=scorer
+                learner.model, tokenizer, oracle, holdout, eval_cfg, max_new_tokens=max_new_tokens, scorer=scorer
             )
         state.eval_calls += len(holdout)
         row = {
@@ -263,6 +288,8 @@ def train(
             **state.averages(),
             "oracle_train_calls": state.collected,
             "identical_skipped": state.identical_skipped,
+            "unanswered": state.unanswered,
+            "eval_unanswered": stats["unanswered"],
             "clashes": state.clashes,
             "oracle_eval_calls": state.eval_calls,
             **{f"time_{k}": round(v, 3) for k, v in state.timers.items()},
@@ -296,7 +323,10 @@ def train(
             taken = set(asked)
             rows = [i for i in sel.rows if i not in taken][: erm_wanted - len(erm_batch)]
             with Timer(state.timers, "oracle"):
-                z = folder.queries.label(sel.duels.subset(asked), state.collected, state.step, oracle) if asked else None
+                kept, z = folder.queries.label(sel.duels.subset(asked), state.collected, state.step, oracle) if asked else ([], None)
+            unjudged = len(asked) - len(kept)
+            state.unanswered += unjudged  # no label, not charged: the next batch asks again
+            asked = [asked[i] for i in kept]
             with Timer(state.timers, "select"):
                 figures = explorer.observe(sel, asked, z) if asked else {}
                 if rows:
@@ -306,7 +336,10 @@ def train(
             state.idle_batches = 0 if asked or rows else state.idle_batches + 1
             if state.idle_batches >= MAX_IDLE_BATCHES:
                 raise SealignError(
-                    f"the actor proposed only identical pairs for {MAX_IDLE_BATCHES} batches in a row: "
+                    f"the oracle judged none of the duels of {MAX_IDLE_BATCHES} batches in a row "
+                    f"({state.unanswered} unparseable answers so far): check the judge and its template"
+                    if unjudged
+                    else f"the actor proposed only identical pairs for {MAX_IDLE_BATCHES} batches in a row: "
                     "raise --train-temperature or --num-candidates"
                 )
             with Timer(state.timers, "eval"):
@@ -325,10 +358,12 @@ def train(
         state.eval_calls += 2 * len(prompts)
         out = {"online_win_rate": win_stats(probs)["win_rate"]}
         if erm_pairs is not None and len(erm_pairs):
-            agree = oracle.compare(erm_pairs.prompts, erm_pairs.chosen, erm_pairs.rejected) > 0.5
+            probs = oracle.compare(erm_pairs.prompts, erm_pairs.chosen, erm_pairs.rejected)
             state.eval_calls += len(erm_pairs)
-            out["erm_label_accuracy"] = agree.double().mean().item()
-        if agent.learn_erm:
+            judged = probs[~torch.isnan(probs)]  # a judge may leave some unanswered
+            if len(judged):
+                out["erm_label_accuracy"] = (judged > 0.5).double().mean().item()
+        if agent.learn_erm and oracle.scores:
             m = sel.candidates.num_candidates
             true = oracle.score(*sel.candidates.flat()).reshape(len(prompts), m)  # (P, M)
             rows_ = torch.arange(len(prompts))
@@ -387,8 +422,7 @@ def train(
                 save_checkpoint()
             loss = f"  loss {figures['loss']:.3f}" if "loss" in figures else ""
             bar.update(job, completed=state.learned, info=f"win {last_row['win_rate']:.3f}{loss}")
-    learner.model.save_pretrained(folder.path / "policy")
-    tokenizer.save_pretrained(folder.path / "policy")
+    save_policy(learner.model, tokenizer, folder.path / "policy")
     initial = folder.metrics()[0]
     summary = {
         "agent": cfg.agent,
@@ -406,6 +440,8 @@ def train(
         "final_win_prob": last_row["win_prob"],
         "oracle_eval_calls": state.eval_calls,
         "identical_skipped": state.identical_skipped,
+        "unanswered": state.unanswered,
+        "prompts_too_long": {"train": skipped_train, "eval": skipped_eval},
         "clashes": state.clashes,
         "wall_seconds": round(state.wall, 1),
         "seconds": {k: round(v, 2) for k, v in state.timers.items()},

@@ -38,19 +38,56 @@ def build_policy(cfg: PolicyConfig, tokenizer: PreTrainedTokenizerBase, max_posi
     return GPT2LMHeadModel(config)
 
 
-def load_policy(path: str | Path, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a local folder (or a hub name where a hub is reachable)."""
+def load_policy(
+    path: str | Path, device: str = "cpu", dtype: str = "float32", chat_template: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a local folder or a hub name.
+
+    With `chat_template`, every prompt reaches the model as a user turn of the tokenizer's chat
+    template (see `prompt_inputs`); the prompt texts themselves stay raw for the oracle."""
     path = Path(path)
     if not path.exists() and (path.is_absolute() or str(path).startswith(".")):
         raise SealignError(f"policy path {str(path)!r} does not exist")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path)).to(device)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype)).to(device)
     except (OSError, ValueError) as e:
         raise SealignError(f"cannot load policy {str(path)!r}: {str(e).splitlines()[0]}") from None
+    if chat_template and not getattr(tokenizer, "chat_template", None):
+        raise SealignError(f"--chat-template: the tokenizer of {str(path)!r} has no chat template")
     prepare_tokenizer(tokenizer)
+    tokenizer.sealign_chat = chat_template
     model.eval()
     return model, tokenizer
+
+
+def prompt_inputs(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> tuple[list[str], bool]:
+    """The texts the policy reads for `prompts`, and whether to add the tokenizer's special tokens
+    (a chat template writes its own)."""
+    if not getattr(tokenizer, "sealign_chat", False):
+        return list(prompts), True
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": x}], tokenize=False, add_generation_prompt=True)
+        for x in prompts
+    ]
+    return texts, False
+
+
+def prompt_lengths(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[int]:
+    """Tokens the policy reads for each prompt (chat template included)."""
+    texts, special = prompt_inputs(tokenizer, prompts)
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=special)["input_ids"]]
+
+
+def check_fits(model: PreTrainedModel, longest_prompt: int, max_new_tokens: int) -> None:
+    """Refuse, before any work, a prompt that with `max_new_tokens` exceeds the model's positions."""
+    need = longest_prompt + max_new_tokens
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if limit is not None and need > limit:
+        raise SealignError(
+            f"a prompt plus {max_new_tokens} new tokens needs {need} positions; the policy has {limit} "
+            "(lower --max-new-tokens or set --max-prompt-tokens)"
+        )
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
@@ -90,14 +127,13 @@ def generate(
     model.eval()
     out: list[list[str]] = []
     for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start : start + batch_size])
-        enc = tokenizer(chunk, return_tensors="pt", padding=True).to(model.device)
+        chunk, special = prompt_inputs(tokenizer, prompts[start : start + batch_size])
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=special).to(model.device)
         sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}
         inputs = shared_prompt_inputs(model, enc, num_samples) if num_samples > 1 else dict(enc)
         ids = model.generate(
             **inputs,
             do_sample=not greedy,
-            num_return_sequences=1 if num_samples > 1 else num_samples,
             max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -143,9 +179,10 @@ def encode_pairs(
     """Tokenize prompt + response + <eos>, right-padded, with a mask of the response tokens.
 
     Returns `input_ids`, `attention_mask` and `response_mask`, each (B, T). The prompt is
-    encoded with the tokenizer's special tokens (as at generation time), the response without.
+    encoded as at generation time (`prompt_inputs`), the response without special tokens.
     """
-    prompt_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    texts, special = prompt_inputs(tokenizer, prompts)
+    prompt_ids = tokenizer(texts, add_special_tokens=special)["input_ids"]
     response_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
     rows = [(p, [*r, tokenizer.eos_token_id]) for p, r in zip(prompt_ids, response_ids)]
     width = max(len(p) + len(r) for p, r in rows)

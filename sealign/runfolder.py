@@ -61,28 +61,39 @@ class QueryLedger:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def label(self, duels: Duels, start: int, step: int, oracle: Any) -> torch.Tensor:
-        """Record labels for query indices start .. start + len(duels) - 1, asking the oracle only
-        for those not recorded yet; returns every label z (True = first preferred), shape (n,)."""
+    def label(self, duels: Duels, start: int, step: int, oracle: Any) -> tuple[list[int], torch.Tensor]:
+        """Record labels for query indices start, start + 1, ..., asking the oracle only for duels
+        not recorded yet. Returns the positions (in `duels`) that hold a label, in order, and
+        their labels z (True = first preferred); a duel the oracle could not judge gets none."""
         n = len(duels.prompts)
         recorded = self.rows[start : start + n]
         oracle.skip(len(recorded))
-        fresh = n - len(recorded)
+        kept = list(range(len(recorded)))
+        fresh = list(range(len(recorded), n))
         if fresh:
-            tail = duels.subset(list(range(len(recorded), n)))
-            z = oracle.label(tail.prompts, tail.first, tail.second)
+            tail = duels.subset(fresh)
+            labels = oracle.label(tail.prompts, tail.first, tail.second)
+            answered = [i for i, ok in zip(fresh, labels.answered.tolist()) if ok]
             new_rows = [
-                {"index": start + len(recorded) + i, "step": step, "prompt": p, "first": a, "second": b, "first_wins": bool(w)}
-                for i, (p, a, b, w) in enumerate(zip(tail.prompts, tail.first, tail.second, z.tolist()))
+                {
+                    "index": start + len(kept) + j,
+                    "step": step,
+                    "prompt": duels.prompts[i],
+                    "first": duels.first[i],
+                    "second": duels.second[i],
+                    "first_wins": bool(w),
+                }
+                for j, (i, w) in enumerate(zip(answered, labels.first_wins.tolist()))
             ]
             _append_jsonl(self.path, new_rows)
             self.rows.extend(new_rows)
-            self.asked += fresh
+            self.asked += len(fresh)
+            kept += answered
         self.replay_mismatches += sum(
             (r["prompt"], r["first"], r["second"]) != (p, a, b)
             for r, p, a, b in zip(recorded, duels.prompts, duels.first, duels.second)
         )
-        return torch.tensor([r["first_wins"] for r in self.rows[start : start + n]], dtype=torch.bool)
+        return kept, torch.tensor([r["first_wins"] for r in self.rows[start : start + len(kept)]], dtype=torch.bool)
 
     def preferences(self, start: int, stop: int) -> Preferences:
         """The recorded labels start .. stop - 1 as (chosen, rejected) pairs for the learner."""

@@ -35,3 +35,24 @@ def oracle(task):
 
 QUICK_SFT = SFTConfig(sft_steps=30, sft_batch_size=16, sft_lr=1e-3, sft_warmup=5)
 TINY = PolicyConfig(size="tiny")
+
+
+# -- tiny random Hugging Face models, saved to disk and loaded by path like any checkpoint -------
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, task) -> dict[str, str]:
+    """Folders of a tiny GPT-2 and Llama policy and a GPT-2 reward model (sealign.tiny)."""
+    from sealign.tiny import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny_models"), task.build_tokenizer())
+
+
+@pytest.fixture(scope="session")
+def prompts_jsonl(tmp_path_factory, task) -> str:
+    """40 keywords records as a user's JSONL file."""
+    from sealign.data import write_records
+
+    path = tmp_path_factory.mktemp("data") / "prompts.jsonl"
+    write_records(path, task.records("holdout")[:40])
+    return str(path)

@@ -60,7 +60,7 @@ def test_oracle_labels_reproducible(task):
     records = task.records("holdout")
     args = ([r.prompt for r in records], [r.reference for r in records], [r.reference for r in records])
     cfg = OracleConfig(label_mode="bernoulli", oracle_seed=3)
-    assert torch.equal(RewardOracle(task.reward, cfg).label(*args), RewardOracle(task.reward, cfg).label(*args))
+    assert torch.equal(RewardOracle(task.reward, cfg).label(*args).first_wins, RewardOracle(task.reward, cfg).label(*args).first_wins)
 
 
 def test_compare_rejects_ragged_batches(task, oracle):
