@@ -59,7 +59,12 @@ class Explorer:
         self.backbone: Optional[Backbone] = None
         self.erm: Optional[EpistemicRewardModel] = None
         if erm_cfg is not None:
-            self.backbone = Backbone(erm_cfg.erm_backbone or backbone_path, erm_cfg.erm_pooling)
+            self.backbone = Backbone(
+                erm_cfg.erm_backbone or backbone_path,
+                erm_cfg.erm_pooling,
+                layer=erm_cfg.erm_layer,
+                logprobs=erm_cfg.erm_logprobs,
+            )
             self.erm = EpistemicRewardModel(self.backbone.width, erm_cfg, seed)
 
     # -- selection ------------------------------------------------------------------------------
