@@ -286,7 +286,14 @@ class ERMConfig:
         default=None, metadata=_help("transformers model (name or path) giving the features; default: pi_ref")
     )
     erm_pooling: str = field(
-        default="mean", metadata=_help("pooling of the backbone's last hidden states over the response", choices=["mean", "sum", "last"])
+        default="mean", metadata=_help("pooling of the backbone's hidden states over the response", choices=["mean", "sum", "last"])
+    )
+    erm_layer: int = field(
+        default=-1, metadata=_help("which hidden states to pool: 0 = input embeddings, i = after block i, -1 = last")
+    )
+    erm_logprobs: bool = field(
+        default=False,
+        metadata=_help("append the sum, mean and min of the backbone's log-probs of the response tokens (a causal LM)"),
     )
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from sealign.config import ERMConfig
 from sealign.errors import SealignError
@@ -37,33 +37,74 @@ def pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
     raise ValueError(f"unknown pooling {how!r} (known: {', '.join(POOLINGS)})")
 
 
-class Backbone:
-    """A frozen transformer whose pooled last hidden states over the response are the ERM's
-    features φ(x, y). Any transformers model loads (its base, without the LM head); the
-    feature width is read from its config."""
+def token_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
+    """log p(token_t | tokens < t) under a causal LM's `logits` (B, T, V), shape (B, T); position 0,
+    which nothing predicts, gets 0."""
+    logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, input_ids[:, 1:, None])[..., 0]  # (B, T-1)
+    return F.pad(logp, (1, 0))
 
-    def __init__(self, path: str | Path, pooling: str = "mean", batch_size: int = 256, device: str = "cpu"):
+
+def token_logprob_stats(logits: Tensor, input_ids: Tensor, mask: Tensor) -> Tensor:
+    """Sum, mean and min of `token_logprobs` over the positions in `mask` (B, T); returns (B, 3)."""
+    logp = token_logprobs(logits, input_ids)
+    total = (logp * mask).sum(1)
+    return torch.stack([total, total / mask.sum(1).clamp(min=1), logp.masked_fill(~mask, math.inf).min(1).values], 1)
+
+
+class Backbone:
+    """A frozen transformer whose hidden states at one layer (default: the last), pooled over the
+    response, are the ERM's features φ(x, y). Any transformers model loads (its base, without the
+    LM head); the feature width is read from its config.
+
+    `logprobs` loads a causal LM instead and appends the sum, mean and min of its log-probs of
+    the response tokens: how plausible the backbone finds each token *given the prompt*. Pooled
+    hidden states of a small backbone barely encode such prompt-response agreement (on the
+    built-in task, whether a summary word occurs in the post), which drives many preferences;
+    benchmarks/erm_features.py measures the ERM's accuracy with and without them.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        pooling: str = "mean",
+        batch_size: int = 256,
+        device: str = "cpu",
+        *,
+        layer: int = -1,
+        logprobs: bool = False,
+    ):
         try:
-            self.model = AutoModel.from_pretrained(str(path)).to(device).eval().requires_grad_(False)
+            auto = AutoModelForCausalLM if logprobs else AutoModel
+            self.model = auto.from_pretrained(str(path)).to(device).eval().requires_grad_(False)
             self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         except (OSError, ValueError) as e:
             raise SealignError(f"cannot load ERM backbone {str(path)!r}: {str(e).splitlines()[0]}") from None
         prepare_tokenizer(self.tokenizer)
-        self.width: int = self.model.config.hidden_size
+        layers = self.model.config.num_hidden_layers + 1  # the input embeddings, then every block
+        if not -layers <= layer < layers:
+            raise SealignError(f"--erm-layer {layer} is out of range: backbone {str(path)!r} has hidden states 0..{layers - 1}")
+        self.width: int = self.model.config.hidden_size + 3 * logprobs
         self.pooling = pooling
         self.batch_size = batch_size
+        self.layer = layer
+        self.logprobs = logprobs
 
     @torch.no_grad()
     def features(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
-        """φ(x, y) for each (prompt, response), shape (B, d); the response's <eos> is included."""
+        """φ(x, y) for each (prompt, response), shape (B, width); the response's <eos> is included."""
         out = []
         for start in range(0, len(prompts), self.batch_size):
             batch = encode_pairs(
                 self.tokenizer, prompts[start : start + self.batch_size], responses[start : start + self.batch_size]
             )
             batch = {k: v.to(self.model.device) for k, v in batch.items()}
-            hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-            out.append(pool(hidden.float(), batch["response_mask"], self.pooling).cpu())  # (b, d): the heads live on the CPU
+            res = self.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+            )
+            feats = pool(res.hidden_states[self.layer].float(), batch["response_mask"], self.pooling)  # (b, d)
+            if self.logprobs:
+                feats = torch.cat([feats, token_logprob_stats(res.logits.float(), batch["input_ids"], batch["response_mask"])], 1)
+            out.append(feats.cpu())  # the heads live on the CPU
         return torch.cat(out)
 
 

@@ -60,7 +60,13 @@ class Explorer:
         self.backbone: Optional[Backbone] = None
         self.erm: Optional[EpistemicRewardModel] = None
         if erm_cfg is not None:
-            self.backbone = Backbone(erm_cfg.erm_backbone or backbone_path, erm_cfg.erm_pooling, device=device)
+            self.backbone = Backbone(
+                erm_cfg.erm_backbone or backbone_path,
+                erm_cfg.erm_pooling,
+                device=device,
+                layer=erm_cfg.erm_layer,
+                logprobs=erm_cfg.erm_logprobs,
+            )
             self.erm = EpistemicRewardModel(self.backbone.width, erm_cfg, seed)
 
     # -- selection ------------------------------------------------------------------------------

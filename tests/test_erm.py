@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sealign.config import ERMConfig, PolicyConfig
+from sealign.errors import SealignError
 from sealign.erm import (
     Backbone,
     EpistemicRewardModel,
@@ -18,10 +19,11 @@ from sealign.erm import (
     erm_loss,
     init_heads,
     pool,
+    token_logprob_stats,
 )
 from sealign.evaluate import best_of_n
 from sealign.explorer import Explorer
-from sealign.policy import build_policy
+from sealign.policy import build_policy, encode_pairs, sequence_logprobs
 
 
 def test_bradley_terry_nll_by_hand():
@@ -109,6 +111,63 @@ def test_explorer_features_from_the_reference_backbone(task, tmp_path):
     assert feats.shape == (3, model.config.n_embd)
     assert torch.equal(feats[0], feats[2]) and not torch.equal(feats[0], feats[1])
     assert explorer.mean_reward([prompt], ["apple"]).shape == (1,)
+
+
+def test_token_logprob_stats_by_hand():
+    # vocab of 2; row 0 predicts token 1 with p = 3/4 (logits 0, log 3), then token 0 with p = 1/2
+    logits = torch.zeros(2, 3, 2)
+    logits[0, 0, 1] = math.log(3)
+    ids = torch.tensor([[0, 1, 0], [0, 1, 0]])
+    mask = torch.tensor([[False, True, True], [False, False, True]])  # row 1: only the last token
+    stats = token_logprob_stats(logits, ids, mask)
+    lp, half = math.log(3 / 4), math.log(1 / 2)
+    assert stats[0].tolist() == pytest.approx([lp + half, (lp + half) / 2, half], rel=1e-6)
+    assert stats[1].tolist() == pytest.approx([half, half, half], rel=1e-6)
+
+
+@pytest.fixture
+def saved_reference(task, tmp_path):
+    tokenizer = task.build_tokenizer()
+    model = build_policy(PolicyConfig("tiny"), tokenizer)
+    model.save_pretrained(tmp_path / "ref")
+    tokenizer.save_pretrained(tmp_path / "ref")
+    return model.eval(), tokenizer, tmp_path / "ref"
+
+
+def test_backbone_layer_and_logprob_features(task, saved_reference):
+    """--erm-layer 0 pools the input embeddings (token + position); --erm-logprobs appends the
+    sum, mean and min of log pi(y_t | x, y_<t), whose sum and mean agree with sequence_logprobs."""
+    model, tokenizer, path = saved_reference
+    prompts = [r.prompt for r in task.records("holdout")[:3]]
+    responses = ["apple", "river apple", ""]
+    d = model.config.n_embd
+    default = Backbone(path).features(prompts, responses)
+    assert torch.equal(Backbone(path, layer=4).features(prompts, responses), default)  # tiny: hidden states 0..4
+    batch = encode_pairs(tokenizer, prompts, responses)
+    with torch.no_grad():
+        last = model.transformer(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        embedded = model.transformer.wte(batch["input_ids"]) + model.transformer.wpe(torch.arange(batch["input_ids"].shape[1]))
+        seq_logp, lengths = sequence_logprobs(model, tokenizer, prompts, responses)
+    assert torch.allclose(default, pool(last, batch["response_mask"], "mean"), atol=1e-6)  # the default is unchanged
+    backbone = Backbone(path, "sum", layer=0, logprobs=True)
+    assert backbone.width == d + 3
+    feats = backbone.features(prompts, responses)
+    assert feats.shape == (3, d + 3)
+    assert torch.allclose(feats[:, :d], pool(embedded, batch["response_mask"], "sum"), atol=1e-5)
+    assert torch.allclose(feats[:, d], seq_logp, atol=1e-4)
+    assert torch.allclose(feats[:, d + 1], seq_logp / lengths, atol=1e-4)
+    assert (feats[:, d + 2] <= feats[:, d + 1] + 1e-6).all()  # the least likely token is at most the mean
+
+
+def test_backbone_rejects_a_layer_it_does_not_have(saved_reference):
+    with pytest.raises(SealignError, match="--erm-layer 5 is out of range"):
+        Backbone(saved_reference[2], layer=5)  # tiny: 4 blocks, hidden states 0..4
+
+
+def test_explorer_passes_layer_and_logprobs_to_its_backbone(saved_reference):
+    explorer = Explorer("bai_ts", 0, ERMConfig(erm_heads=2, erm_hidden=4, erm_layer=0, erm_logprobs=True), saved_reference[2])
+    assert (explorer.backbone.layer, explorer.backbone.logprobs) == (0, True)
+    assert explorer.erm.chosen.shape[1] == explorer.backbone.width == saved_reference[0].config.n_embd + 3
 
 
 def test_best_of_n_picks_the_ensemble_mean_argmax(task, tmp_path, monkeypatch):
