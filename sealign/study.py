@@ -509,14 +509,22 @@ def plot_scaling(curves: Sequence[Curve], path: Path, title: str) -> None:
         left.errorbar(range(len(panels)), [m for m, _ in stats], yerr=[0 if math.isnan(s) else s for _, s in stats], marker="o", capsize=3, label=label)
         for i, p in enumerate(panels):
             group = [c for c in curves if c.panel == p]
+            base = baseline_of(group)
+            if base.mean[-1] <= base.reference:  # no gain to reach: say so instead of zero-height bars
+                if j == 0:
+                    right.text(i, 0, f"{base.label}\nends below pi_ref", ha="center", va="bottom", fontsize=7)
+                continue
             _, need = level_queries(group, (1.0,))
             q = need[label][0]
             x = i + (j - (len(labels) - 1) / 2) * width
             budget = max(group[0].queries)
-            bar = right.bar(x, budget if q is None else q, width, color=f"C{j}", label=label if i == 0 else None)
+            first = label not in right.get_legend_handles_labels()[1]
+            bar = right.bar(x, budget if q is None else q, width, color=f"C{j}", label=label if first else None)
             if q is None:
                 bar[0].set_hatch("//")
                 bar[0].set_alpha(0.35)
+    refs = [next(c for c in curves if c.panel == p).reference for p in panels]
+    left.plot(range(len(panels)), refs, "k_", markersize=18, linestyle="none", label="pi_ref")
     for ax in (left, right):
         ax.set_xticks(range(len(panels)), panels)
         ax.grid(alpha=0.3, axis="y")
