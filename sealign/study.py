@@ -333,7 +333,7 @@ class Curve:
     finals: list[float]  # final win rate per seed
     walls: list[float]  # wall seconds per seed
     online: list[float]  # per seed: online win rate of the dueling responses, averaged over the run (E&E)
-    agent: str = ""
+    agent: str = ""  # from summary.json; the online arm is the baseline of a panel
 
     @property
     def reference(self) -> float:
@@ -368,10 +368,7 @@ def curve_of(label: str, folders: Sequence[Path], metric: str = "win_rate", pane
 
 
 def aggregate(arms: Sequence[Arm], out: Path, seeds: Sequence[int], metric: str = "win_rate") -> list[Curve]:
-    curves = [curve_of(a.label, [run_folder(out, a, s) for s in seeds], metric, a.panel) for a in arms]
-    for arm, curve in zip(arms, curves):
-        curve.agent = arm.option("agent", curve.agent)
-    return curves
+    return [curve_of(a.label, [run_folder(out, a, s) for s in seeds], metric, a.panel) for a in arms]
 
 
 def write_csv(curves: Sequence[Curve], path: Path, metric: str, seeds: int) -> None:
