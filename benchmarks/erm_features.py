@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import logging as hf_logging
 
-from sealign.actor import Actor
+from sealign.actor import Actor, sampling_seed
 from sealign.config import ERMConfig, OracleConfig, PolicyConfig, SFTConfig, TaskConfig
 from sealign.erm import POOLINGS, EpistemicRewardModel, pool, token_logprob_stats, token_logprobs
 from sealign.explorer import Explorer
@@ -65,7 +65,7 @@ def sample_pairs(n_prompts: int, m: int, seed: int, cache: Path) -> dict:
     torch.manual_seed(seed)
     duels = []
     for start in range(0, n_prompts, 256):
-        duels.append(explorer.select(actor.propose(prompts[start : start + 256])).duels)
+        duels.append(explorer.select(actor.propose(prompts[start : start + 256], seed=sampling_seed(seed, start, 0))).duels)
     duels = Duels(
         prompts=[p for d in duels for p in d.prompts],
         first=[y for d in duels for y in d.first],

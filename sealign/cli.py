@@ -15,6 +15,7 @@ from rich.table import Table
 from transformers import HfArgumentParser
 
 from sealign.config import (
+    BackendConfig,
     DataConfig,
     ERMConfig,
     EvalConfig,
@@ -220,6 +221,7 @@ def cmd_train(
     model_cfg: ModelConfig,
     data_cfg: DataConfig,
     cfg: TrainConfig,
+    backend_cfg: BackendConfig,
     out: OutputArgs,
 ) -> dict:
     """Align pi_ref with an agent under a query budget; writes the run folder (see DESIGN.md)."""
@@ -227,11 +229,12 @@ def cmd_train(
 
     if cfg.resume:  # a resumed run keeps its saved settings: refuse flags that would be ignored
         given = [task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, dataclasses.replace(cfg, resume=None, out="-")]
-        changed = _changed(given)
+        kept = [n.replace("_", "-") for n in BackendConfig.ALGORITHM if getattr(backend_cfg, n) != getattr(BackendConfig, n)]
+        changed = [*_changed(given), *kept]  # the backend's placement may change: it changes no label
         if changed:
             raise SealignError(f"--resume continues with the run's saved settings; drop {', '.join('--' + n for n in changed)}")
 
-    summary = train(cfg, task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, progress=not out.quiet)
+    summary = train(cfg, task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, backend_cfg, progress=not out.quiet)
     table = Table(title=f"{summary['agent']} {summary['loss']} — {cfg.resume or cfg.out}")
     for col in ("queries", "win_rate pi_ref", "win_rate final", "wall s", "generate s", "select s", "oracle s", "learn s", "eval s"):
         table.add_column(col)
@@ -362,7 +365,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "train": (
         cmd_train,
-        [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, ERMConfig, ModelConfig, DataConfig, TrainConfig, OutputArgs],
+        [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, ERMConfig, ModelConfig, DataConfig, TrainConfig, BackendConfig, OutputArgs],
         "run an agent under a query budget",
     ),
     "study": (cmd_study, [StudyArgs, OutputArgs], "run a grid of agents x seeds and report win-rate curves"),

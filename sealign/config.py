@@ -437,3 +437,55 @@ class TrainConfig:
     @property
     def warmup_steps(self) -> int:
         return int(self.warmup_ratio * self.total_steps)
+
+
+BACKENDS = ("local", "ray")
+
+
+@dataclass
+class BackendConfig:
+    """Where the roles run (paper §5.1, Fig. 4): in this process, or as Ray actors on a cluster.
+
+    `actors`, `async_collect` and `max_staleness` shape the algorithm (which weights sample
+    which prompts under which seed) and are kept by a resumed run; the rest only places the
+    work, so a run may resume on another backend or cluster and still give the same labels.
+    """
+
+    backend: str = field(default="local", metadata=_help("local: one process; ray: actors and oracle as Ray actors", choices=list(BACKENDS)))
+    actors: int = field(
+        default=1, metadata=_help("actors sampling each batch, one contiguous shard each (the local backend runs the shards in turn)")
+    )
+    async_collect: bool = field(
+        default=False,
+        metadata=_help("actors sample the next batch while the learner steps (the actors' weights lag by up to --max-staleness updates)", aliases=["--async"]),
+    )
+    max_staleness: int = field(default=1, metadata=_help("with --async: batches sampled ahead, i.e. the most updates the actors' weights may lag"))
+    ray_address: Optional[str] = field(
+        default=None, metadata=_help("join this Ray cluster (default: $RAY_ADDRESS, else start Ray on this machine)")
+    )
+    actor_cpus: float = field(default=1.0, metadata=_help("CPUs per Ray actor (its torch threads)"))
+    actor_gpus: float = field(default=0.0, metadata=_help("GPUs per Ray actor (its model goes to cuda when > 0)"))
+    oracle_actors: int = field(default=1, metadata=_help("Ray actors scoring the task or rm: oracle (judge and http oracles are services already)"))
+
+    ALGORITHM = ("actors", "async_collect", "max_staleness")  # kept on resume
+
+    def __post_init__(self) -> None:
+        import importlib.util
+
+        _require(self.backend in BACKENDS, f"unknown --backend {self.backend!r} (known: {', '.join(BACKENDS)})")
+        _require(self.actors >= 1, f"--actors must be at least 1, got {self.actors}")
+        _require(self.max_staleness >= 1, f"--max-staleness must be at least 1, got {self.max_staleness}")
+        _require(self.actor_cpus > 0, f"--actor-cpus must be positive, got {self.actor_cpus}")
+        _require(self.actor_gpus >= 0, f"--actor-gpus must be >= 0, got {self.actor_gpus}")
+        _require(self.oracle_actors >= 1, f"--oracle-actors must be at least 1, got {self.oracle_actors}")
+        if self.backend == "local":
+            for name in ("ray_address", "actor_cpus", "actor_gpus", "oracle_actors"):
+                _require(getattr(self, name) == getattr(BackendConfig, name), f"--{name.replace('_', '-')} needs --backend ray")
+        else:
+            _require(
+                importlib.util.find_spec("ray") is not None,
+                "--backend ray needs Ray, which is not installed: pip install 'sealign[ray]'",
+            )
+
+    def algorithm(self) -> dict[str, Any]:
+        return {n: getattr(self, n) for n in self.ALGORITHM}

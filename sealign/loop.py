@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sealign.actor import Actor
+from sealign.actor import Actor, LocalActors, Pending, Ready
 from sealign.agents import AGENTS
 from sealign.config import (
+    BackendConfig,
     DataConfig,
     ERMConfig,
     EvalConfig,
@@ -94,6 +96,7 @@ class LoopState:
     identical_skipped: int = 0  # sampled duels of two identical responses: not asked, not charged
     unanswered: int = 0  # duels the oracle could not judge (an unparseable judge answer): not charged
     clashes: int = 0  # prompts whose second response came from the clash rule (sealign.explore)
+    restarts: int = 0  # Ray actors (policy or oracle) restarted after they died; their work was re-issued
     idle_batches: int = 0  # consecutive batches that had nothing to ask
     timers: dict = field(default_factory=lambda: dict.fromkeys(TIMERS, 0.0))
     since_eval: dict = field(default_factory=dict)  # figure -> [sum, count] since the last evaluation
@@ -122,6 +125,7 @@ def _configs_from_folder(folder: RunFolder) -> dict:
             "erm": ERMConfig(**saved.get("erm", {})),
             "model": ModelConfig(**saved.get("model", {})),
             "data": DataConfig(**saved.get("data", {})),
+            "backend": saved.get("backend", {}),
             "train": TrainConfig(**{**saved["train"], "out": None, "resume": str(folder.path)}),
             "reference": saved["reference"],
         }
@@ -154,11 +158,16 @@ def train(
     erm_cfg: ERMConfig | None = None,
     model_cfg: ModelConfig | None = None,
     data_cfg: DataConfig | None = None,
+    backend_cfg: BackendConfig | None = None,
     *,
     progress: bool = True,
 ) -> dict:
-    """Run (or resume) one agent until the budget is spent; returns the summary."""
+    """Run (or resume) one agent until the budget is spent; returns the summary.
+
+    A resumed run keeps its saved settings, except where `backend_cfg` places the work (backend,
+    cluster, resources): that changes no label."""
     erm_cfg, model_cfg, data_cfg = erm_cfg or ERMConfig(), model_cfg or ModelConfig(), data_cfg or DataConfig()
+    backend_cfg = backend_cfg or BackendConfig()
     resume = cfg.resume is not None
     folder = RunFolder(cfg.resume or cfg.out, resume=resume)
     if resume:
@@ -166,6 +175,7 @@ def train(
         task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, cfg = (
             saved[k] for k in ("task", "policy", "sft", "oracle", "erm", "model", "data", "train")
         )
+        backend_cfg = dataclasses.replace(backend_cfg, **{k: v for k, v in saved["backend"].items() if k in BackendConfig.ALGORITHM})
     else:
         config = {
             "task": dataclasses.asdict(task_cfg),
@@ -175,6 +185,7 @@ def train(
             "erm": dataclasses.asdict(erm_cfg),
             "model": dataclasses.asdict(model_cfg),
             "data": dataclasses.asdict(data_cfg),
+            "backend": dataclasses.asdict(backend_cfg),
             "train": {**dataclasses.asdict(cfg), "out": None, "resume": None},
         }
     if cfg.deterministic:
@@ -196,6 +207,13 @@ def train(
     holdout, skipped_eval, longest_eval = drop_long(user.eval if user else task.records("holdout"), tokenizer, limit)
     check_fits(model, max(longest_train, longest_eval), max_new_tokens)
     oracle = make_oracle(oracle_cfg, task)
+    on_ray = backend_cfg.backend == "ray"
+    if on_ray:  # imported only here: the local backend never loads Ray
+        from sealign import distributed
+
+        distributed.connect(backend_cfg)
+        if distributed.poolable(oracle_cfg):
+            oracle = distributed.RayOraclePool(oracle, backend_cfg)
     learner = Learner(
         model,
         tokenizer,
@@ -220,6 +238,10 @@ def train(
         max_new_tokens=max_new_tokens,
         reference=learner.ref if cfg.agent == "xpo" else None,
     )
+    if not on_ray:
+        actors = LocalActors(actor, backend_cfg.actors, cfg.seed)
+    else:
+        actors = distributed.RayActors(actor, backend_cfg, cfg.seed, device=model_cfg.device)
 
     @torch.no_grad()
     def policy_logprobs(prompts, responses):  # APL ranks with the actor's current pi_theta and pi_ref
@@ -240,8 +262,9 @@ def train(
     if not resume:  # everything that can fail on bad input has been built: now the run exists
         folder.create({**config, "reference": models.fingerprint})
     stream = PromptStream(train_records, cfg.seed)
-    torch.manual_seed(cfg.seed)
     state = LoopState()
+    # batches handed to the actors and not used yet: empty between steps unless --async
+    queue: deque[tuple[list[PromptRecord], Pending]] = deque()
 
     checkpoint = folder.load_checkpoint() if resume else None
     if checkpoint is not None:
@@ -251,20 +274,26 @@ def train(
         stream.restore(checkpoint["stream"])
         explorer.load_state_dict(checkpoint["explorer"])
         oracle.labelled = checkpoint["oracle_labelled"]
-        torch.set_rng_state(checkpoint["rng"]["torch"])
         state = LoopState(**checkpoint["loop"])
+        queue.extend((records, Ready(candidates)) for records, candidates in checkpoint.get("prefetched", []))
+        actors.sync(actor.model, actor.version)  # remote actors start from pi_ref's weights
+    restarts_before = state.restarts
+
+    def restarts() -> int:
+        return restarts_before + actors.restarts + getattr(oracle, "restarts", 0)
     if resume:
         folder.keep_metrics_until(state.learned if checkpoint is not None else -1)
         folder.purge_scalars_after(state.learned)
 
     def save_checkpoint() -> None:
+        state.restarts = restarts()
         folder.save_checkpoint(
             {
                 "learner": learner.state_dict(),
                 "actor": {"model": actor.model.state_dict(), "version": actor.version},
                 "stream": stream.state(),
+                "prefetched": [(records, pending.result()) for records, pending in queue],
                 "explorer": explorer.state_dict(),
-                "rng": {"torch": torch.get_rng_state()},
                 "oracle_labelled": oracle.labelled,
                 "loop": dataclasses.asdict(state),
             }
@@ -291,6 +320,7 @@ def train(
             "unanswered": state.unanswered,
             "eval_unanswered": stats["unanswered"],
             "clashes": state.clashes,
+            "restarts": restarts(),
             "oracle_eval_calls": state.eval_calls,
             **{f"time_{k}": round(v, 3) for k, v in state.timers.items()},
             "wall": round(state.wall + time.perf_counter() - t0, 2),
@@ -299,16 +329,23 @@ def train(
         folder.log_scalars(row)
         return row
 
+    def submit_next() -> None:
+        """Hand the actors the next batch of prompts; they sample it with the weights they hold now."""
+        position = stream.consumed  # names the batch: its shards' sampling seeds derive from it
+        records = stream.take(cfg.pool_size)
+        queue.append((records, actors.submit([r.prompt for r in records], position)))
+
     def collect(target: int, erm_wanted: int) -> Preferences:
         """Ask the oracle about duels until `target` labels exist in all (replayed from the ledger
         on resume), and gather `erm_wanted` ERM-labelled pairs from other prompts of the same
         batches. Surplus duels go unasked, so an online batch never holds stale labels."""
         erm_batch = Preferences([], [], [])
         while state.collected < target or len(erm_batch) < erm_wanted:
-            records = stream.take(cfg.pool_size)
-            prompts = [r.prompt for r in records]
-            with Timer(state.timers, "generate"):
-                candidates = actor.propose(prompts)
+            if not queue:
+                submit_next()
+            records, pending = queue.popleft()
+            with Timer(state.timers, "generate"):  # with --async, only the wait for the actors
+                candidates = pending.result()
             with Timer(state.timers, "select"):
                 sel = explorer.select(candidates)
             state.clashes += int(sel.choice.clashed.sum())
@@ -344,7 +381,9 @@ def train(
                 )
             with Timer(state.timers, "eval"):
                 figures.update(diagnose(records, sel, pairs if rows else None))
-            state.record({**figures, "clash_rate": sel.choice.clashed.double().mean().item()})
+            state.record(
+                {**figures, "clash_rate": sel.choice.clashed.double().mean().item(), "staleness": actor.version - candidates.version}
+            )
         return erm_batch
 
     def diagnose(records: list, sel, erm_pairs: Preferences | None) -> dict[str, float]:
@@ -409,10 +448,12 @@ def train(
             n_oracle, n_erm = cfg.batch_split(state.learned)
             target = min(cfg.budget, state.learned + n_oracle + ahead)  # the budget is hard
             erm_batch = collect(target, n_erm)
+            while backend_cfg.async_collect and len(queue) < backend_cfg.max_staleness and state.collected < cfg.budget:
+                submit_next()  # the actors sample ahead while the learner steps (§5.1)
             before = state.learned
             figures = learn(n_oracle, erm_batch)
             if agent.online and agent.learn_policy and state.step % cfg.sync_every == 0:
-                actor.sync(learner.model, state.step)
+                actors.sync(learner.model, state.step)
             done = state.learned == cfg.budget
             if done or crossed(before, state.learned, cfg.eval_every):
                 last_row = evaluate()
@@ -443,9 +484,14 @@ def train(
         "unanswered": state.unanswered,
         "prompts_too_long": {"train": skipped_train, "eval": skipped_eval},
         "clashes": state.clashes,
+        "restarts": restarts(),
+        "backend": backend_cfg.backend,
         "wall_seconds": round(state.wall, 1),
         "seconds": {k: round(v, 2) for k, v in state.timers.items()},
     }
     folder.write_summary(summary)
     folder.close()
+    actors.close()
+    if on_ray:
+        distributed.release(oracle)
     return summary

@@ -16,6 +16,7 @@ class Candidates:
 
     prompts: list[str]  # (P,)
     responses: list[list[str]]  # (P, M)
+    version: int = 0  # the policy version (learner steps) that sampled them
 
     @property
     def num_candidates(self) -> int:
@@ -38,6 +39,7 @@ class Duels:
     prompts: list[str]  # (P,)
     first: list[str]  # (P,)
     second: list[str]  # (P,)
+    version: int = 0  # the policy version that sampled them, recorded with every label
 
     @classmethod
     def pick(cls, candidates: Candidates, first: torch.Tensor, second: torch.Tensor) -> "Duels":
@@ -47,10 +49,13 @@ class Duels:
             prompts=list(candidates.prompts),
             first=[row[i] for row, i in zip(rows, first.tolist())],
             second=[row[i] for row, i in zip(rows, second.tolist())],
+            version=candidates.version,
         )
 
     def subset(self, indices: list[int]) -> "Duels":
-        return Duels([self.prompts[i] for i in indices], [self.first[i] for i in indices], [self.second[i] for i in indices])
+        return Duels(
+            [self.prompts[i] for i in indices], [self.first[i] for i in indices], [self.second[i] for i in indices], self.version
+        )
 
 
 @dataclass

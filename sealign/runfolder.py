@@ -82,6 +82,7 @@ class QueryLedger:
                     "first": duels.first[i],
                     "second": duels.second[i],
                     "first_wins": bool(w),
+                    "version": duels.version,
                 }
                 for j, (i, w) in enumerate(zip(answered, labels.first_wins.tolist()))
             ]

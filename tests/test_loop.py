@@ -189,7 +189,7 @@ def _fake_proposals(identical_every: int):
     """An actor whose every `identical_every`-th prompt gets two identical candidates."""
     from sealign.records import Candidates
 
-    def propose(self, prompts):
+    def propose(self, prompts, seed):
         rows = [["apple", "apple"] if i % identical_every == 0 else ["apple", "river"] for i in range(len(prompts))]
         return Candidates(list(prompts), rows)
 
