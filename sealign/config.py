@@ -465,7 +465,9 @@ class BackendConfig:
     )
     actor_cpus: float = field(default=1.0, metadata=_help("CPUs per Ray actor (its torch threads)"))
     actor_gpus: float = field(default=0.0, metadata=_help("GPUs per Ray actor (its model goes to cuda when > 0)"))
-    oracle_actors: int = field(default=1, metadata=_help("Ray actors scoring the task or rm: oracle (judge and http oracles are services already)"))
+    oracle_actors: int = field(
+        default=1, metadata=_help("Ray actors scoring a task or rm: oracle, 0 = in the driver (judge and http oracles are services already)")
+    )
 
     ALGORITHM = ("actors", "async_collect", "max_staleness")  # kept on resume
 
@@ -477,7 +479,7 @@ class BackendConfig:
         _require(self.max_staleness >= 1, f"--max-staleness must be at least 1, got {self.max_staleness}")
         _require(self.actor_cpus > 0, f"--actor-cpus must be positive, got {self.actor_cpus}")
         _require(self.actor_gpus >= 0, f"--actor-gpus must be >= 0, got {self.actor_gpus}")
-        _require(self.oracle_actors >= 1, f"--oracle-actors must be at least 1, got {self.oracle_actors}")
+        _require(self.oracle_actors >= 0, f"--oracle-actors must be >= 0, got {self.oracle_actors}")
         if self.backend == "local":
             for name in ("ray_address", "actor_cpus", "actor_gpus", "oracle_actors"):
                 _require(getattr(self, name) == getattr(BackendConfig, name), f"--{name.replace('_', '-')} needs --backend ray")

@@ -212,7 +212,7 @@ def train(
         from sealign import distributed
 
         distributed.connect(backend_cfg)
-        if distributed.poolable(oracle_cfg):
+        if backend_cfg.oracle_actors and distributed.poolable(oracle_cfg):
             oracle = distributed.RayOraclePool(oracle, backend_cfg)
     learner = Learner(
         model,
@@ -241,7 +241,7 @@ def train(
     if not on_ray:
         actors = LocalActors(actor, backend_cfg.actors, cfg.seed)
     else:
-        actors = distributed.RayActors(actor, backend_cfg, cfg.seed, device=model_cfg.device)
+        actors = distributed.RayActors(actor, backend_cfg, cfg.seed)
 
     @torch.no_grad()
     def policy_logprobs(prompts, responses):  # APL ranks with the actor's current pi_theta and pi_ref

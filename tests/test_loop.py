@@ -150,6 +150,11 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, agent):
         (["--agent", "erm-bon", "--eval-bon", "1"], "infers by best-of-N"),
         (["--agent", "sea", "--gamma", "0"], "--gamma must be in (0, 1]"),
         (["--agent", "sea", "--erm-heads", "1"], "--erm-heads must be at least 2"),
+        (["--backend", "spark"], "spark"),
+        (["--actors", "0"], "--actors must be at least 1"),
+        (["--async", "--max-staleness", "0"], "--max-staleness must be at least 1"),
+        (["--ray-address", "10.0.0.1:6379"], "--ray-address needs --backend ray"),
+        (["--oracle-actors", "2"], "--oracle-actors needs --backend ray"),
     ],
 )
 def test_bad_train_input(capsys, tmp_path, argv, fragment):
@@ -213,11 +218,23 @@ def test_only_identical_duels_stop_with_a_message(tmp_path, task_cfg, monkeypatc
     assert code == 2 and len(err) == 1 and "identical pairs" in err[0]
 
 
-def test_resume_refuses_flags_it_would_ignore(capsys, tmp_path):
+@pytest.mark.parametrize("flags", [["--budget", "10000"], ["--actors", "2"], ["--async"]])
+def test_resume_refuses_flags_it_would_ignore(capsys, tmp_path, flags):
     (tmp_path / "r").mkdir()
-    code = main(["train", "--resume", str(tmp_path / "r"), "--budget", "10000"])
+    code = main(["train", "--resume", str(tmp_path / "r"), *flags])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "--budget" in err[0]
+    assert code == 2 and len(err) == 1 and flags[0] in err[0]
+
+
+def test_ray_backend_without_ray_says_how_to_install_it(capsys, tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
+    code = main(["train", "--backend", "ray", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "pip install 'sealign[ray]'" in err[0]
+    assert not (tmp_path / "r").exists()
 
 
 def test_trained_policy_is_saved_and_loadable(tmp_path, task_cfg):

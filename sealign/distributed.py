@@ -1,0 +1,243 @@
+"""The Ray backend (paper §5.1, Fig. 4): actors and the oracle as Ray actors, the learner in the driver.
+
+    driver (learner, explorer + ERM, run folder) ──put weights──► object store ──get──► PolicyActor × N
+         ▲                                                                               │ candidates
+         └──────────── P(a ≻ b) ◄── OracleActor × K (task or reward-model oracle) ◄──────┘ via the driver
+
+The driver keeps everything that decides or records a label: the budget, the ledger, the
+explorer and the label noise (drawn from the oracle's probabilities, keyed by label index).
+Ray actors only compute: candidates for a shard of prompts under a given seed and weight
+version, or oracle probabilities. Both are pure functions of their arguments, so a call whose
+actor died is simply issued again once Ray has restarted the actor, and gives the same answer:
+nothing is lost, asked twice, or changed by the failure.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import ray
+import torch
+from ray.exceptions import ActorUnavailableError, RayActorError
+
+from sealign.actor import Actor, join, sampling_seed, shard_bounds
+from sealign.config import BackendConfig, OracleConfig
+from sealign.errors import SealignError
+from sealign.oracles.base import Oracle, PairwiseOracle
+from sealign.records import Candidates
+
+MAX_REISSUES = 5  # the same call failing this often means the actor dies of its work, not by accident
+
+
+def connect(cfg: BackendConfig) -> None:
+    """Join the cluster at --ray-address (or $RAY_ADDRESS), else start Ray on this machine."""
+    if ray.is_initialized():  # a caller (a test, a notebook) started it already
+        return
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise SealignError(f"cannot start or join Ray at {address or 'this machine'}: {str(e).splitlines()[0]}") from None
+
+
+def poolable(cfg: OracleConfig) -> bool:
+    """Oracles computed here (the task's reward, a reward model) go to Ray actors; a judge or an
+    `http://` oracle is a service already and is called from the driver."""
+    return cfg.kind in ("task", "rm")
+
+
+def _check_resources(what: str, count: int, cpus: float, gpus: float) -> None:
+    """Refuse, before any work, actors the cluster can never place (Ray would wait forever)."""
+    have = ray.cluster_resources()
+    for name, need in (("CPU", count * cpus), ("GPU", count * gpus)):
+        if need > have.get(name, 0.0):
+            raise SealignError(f"{what} need {need:g} {name}s; the Ray cluster has {have.get(name, 0.0):g}")
+
+
+class Incarnations:
+    """Counts actor restarts: every answer carries the answering process's id, and a new id for
+    the same actor means Ray restarted it."""
+
+    def __init__(self, n: int):
+        self.pids: list[int | None] = [None] * n
+        self.restarts = 0
+
+    def seen(self, k: int, pid: int) -> None:
+        if self.pids[k] is not None and self.pids[k] != pid:
+            self.restarts += 1
+        self.pids[k] = pid
+
+
+def gather(calls: Sequence[tuple[int, Callable[[], Any]]], refs: list, incarnations: Incarnations) -> list:
+    """The results of remote calls (already issued as `refs`), in order. `calls[i]` is (actor
+    index, a function issuing call i again): a call whose actor died is re-issued, and Ray
+    queues it until the actor is back."""
+    out = []
+    for (k, issue), ref in zip(calls, refs):
+        for attempt in range(MAX_REISSUES + 1):
+            try:
+                pid, result = ray.get(ref)
+                break
+            except RayActorError as e:
+                if attempt == MAX_REISSUES:
+                    raise SealignError(f"Ray actor {k} failed {attempt + 1} times on the same work: {str(e).splitlines()[0]}") from None
+                if isinstance(e, ActorUnavailableError):
+                    time.sleep(0.5)  # restarting: give it a moment
+                ref = issue()
+        incarnations.seen(k, pid)
+        out.append(result)
+    return out
+
+
+def _first_use(held: list) -> Any:
+    """The object behind a one-element list holding an object-store reference. Ray passes such a
+    nested reference without fetching it, so every call can name the object and only the first
+    call of an actor's life (or the first after a restart) pays for fetching it."""
+    return ray.get(held[0])
+
+
+@ray.remote
+class PolicyActor:
+    """One actor of Fig. 4: a copy of pi_theta that samples its shard of each batch.
+
+    It starts empty and takes the initial policy from the first call, so a restarted actor
+    rebuilds itself from what the driver holds, not from arguments Ray would have to keep."""
+
+    def __init__(self, threads: int, device: str):
+        torch.set_num_threads(threads)
+        self.device = device
+        self.actor: Actor | None = None
+
+    def propose(self, start: list, prompts: list[str], seed: int, weights: list, version: int) -> tuple[int, Candidates]:
+        """Candidates for `prompts` under `seed`, with the weights of `version`; `start` and
+        `weights` are one-element lists of references, fetched only when needed."""
+        if self.actor is None:
+            self.actor = _first_use(start)
+            self.actor.model.to(self.device)
+            if self.actor.reference is not None:
+                self.actor.reference.to(self.device)
+        if version != self.actor.version:
+            self.actor.model.load_state_dict(_first_use(weights))
+            self.actor.version = version
+        return os.getpid(), self.actor.propose(prompts, seed)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayPending:
+    """A batch being sampled on the Ray actors; `result` waits, re-issuing a dead actor's shard."""
+
+    def __init__(self, owner: "RayActors", calls: list[tuple[int, Callable[[], Any]]]):
+        self.owner, self.calls = owner, calls
+        self.refs = [issue() for _, issue in calls]
+        self.candidates: Candidates | None = None
+
+    def result(self) -> Candidates:
+        if self.candidates is None:
+            self.candidates = join(gather(self.calls, self.refs, self.owner.incarnations))
+        return self.candidates
+
+
+class RayActors:
+    """The Ray backend's actors: `--actors` PolicyActors, one shard of every batch each.
+
+    `sync` puts the learner's weights in the object store once; each actor gets them on its
+    next call. The driver's own `actor` follows too (APL scores with it; checkpoints save it).
+    """
+
+    def __init__(self, actor: Actor, cfg: BackendConfig, run_seed: int):
+        _check_resources(f"--actors {cfg.actors} x (--actor-cpus {cfg.actor_cpus:g}, --actor-gpus {cfg.actor_gpus:g})", cfg.actors, cfg.actor_cpus, cfg.actor_gpus)
+        self.actor, self.run_seed = actor, run_seed
+        device = "cuda" if cfg.actor_gpus > 0 else "cpu"
+        # one copy of the initial policy (and pi_ref for XPO) for all actors, kept for their restarts
+        self.start = ray.put(actor)
+        options = {"num_cpus": cfg.actor_cpus, "num_gpus": cfg.actor_gpus, "max_restarts": -1}
+        threads = max(1, int(cfg.actor_cpus))
+        self.handles = [PolicyActor.options(**options).remote(threads, device) for _ in range(cfg.actors)]
+        self.weights = ray.put({k: v.cpu() for k, v in actor.model.state_dict().items()})
+        self.incarnations = Incarnations(cfg.actors)
+
+    @property
+    def restarts(self) -> int:
+        return self.incarnations.restarts
+
+    def submit(self, prompts: Sequence[str], position: int) -> RayPending:
+        weights, version = self.weights, self.actor.version  # a re-issued shard uses the same weights
+
+        def call(k: int, a: int, b: int) -> tuple[int, Callable[[], Any]]:
+            seed = sampling_seed(self.run_seed, position, k)
+            return k, lambda: self.handles[k].propose.remote([self.start], list(prompts[a:b]), seed, [weights], version)
+
+        return RayPending(self, [call(k, a, b) for k, (a, b) in enumerate(shard_bounds(len(prompts), len(self.handles)))])
+
+    def sync(self, learner_model: torch.nn.Module, version: int) -> None:
+        self.actor.sync(learner_model, version)
+        self.weights = ray.put({k: v.cpu() for k, v in self.actor.model.state_dict().items()})
+
+    def pids(self) -> list[int]:
+        """The actors' process ids (a test kills one)."""
+        return ray.get([h.pid.remote() for h in self.handles])
+
+    def close(self) -> None:
+        for handle in self.handles:
+            ray.kill(handle)
+
+
+@ray.remote
+class OracleActor:
+    """Scores pairs or responses with its copy of the oracle (taken from the first call)."""
+
+    def __init__(self):
+        torch.set_num_threads(1)
+        self.oracle: Oracle | None = None
+
+    def run(self, copy: list, method: str, *columns: list[str]) -> tuple[int, torch.Tensor]:
+        if self.oracle is None:
+            self.oracle = _first_use(copy)
+        return os.getpid(), getattr(self.oracle, method)(*columns)
+
+
+class RayOraclePool(PairwiseOracle):
+    """An oracle whose probabilities come from `--oracle-actors` Ray actors, each scoring a shard.
+
+    Labels are drawn here, in the driver, by `PairwiseOracle` (noise keyed by label index), so
+    the pool gives exactly the local oracle's labels."""
+
+    def __init__(self, oracle: Oracle, cfg: BackendConfig):
+        super().__init__(oracle.cfg)
+        self.scores = oracle.scores
+        self.copy = ray.put(oracle)  # kept for the actors' restarts
+        self.handles = [OracleActor.options(num_cpus=0, max_restarts=-1).remote() for _ in range(cfg.oracle_actors)]
+        self.incarnations = Incarnations(cfg.oracle_actors)
+
+    @property
+    def restarts(self) -> int:
+        return self.incarnations.restarts
+
+    def _spread(self, method: str, *columns: Sequence[str]) -> torch.Tensor:
+        def call(k: int, a: int, b: int) -> tuple[int, Callable[[], Any]]:
+            return k, lambda: self.handles[k].run.remote([self.copy], method, *(list(c[a:b]) for c in columns))
+
+        calls = [call(k, a, b) for k, (a, b) in enumerate(shard_bounds(len(columns[0]), len(self.handles)))]
+        if not calls:
+            return torch.empty(0, dtype=torch.float64)
+        return torch.cat(gather(calls, [issue() for _, issue in calls], self.incarnations))
+
+    def _probs(self, prompts: list[str], responses_a: list[str], responses_b: list[str]) -> torch.Tensor:
+        return self._spread("compare", prompts, responses_a, responses_b)
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        return self._spread("score", prompts, responses)
+
+    def close(self) -> None:
+        for handle in self.handles:
+            ray.kill(handle)
+
+
+def release(oracle: Oracle) -> None:
+    """Stop the oracle's Ray actors, if it has any."""
+    if isinstance(oracle, RayOraclePool):
+        oracle.close()
