@@ -468,6 +468,7 @@ class BackendConfig:
     oracle_actors: int = field(
         default=1, metadata=_help("Ray actors scoring a task or rm: oracle, 0 = in the driver (judge and http oracles are services already)")
     )
+    oracle_gpus: float = field(default=0.0, metadata=_help("GPUs per oracle actor (an rm: oracle with --oracle-device cuda needs them)"))
 
     ALGORITHM = ("actors", "async_collect", "max_staleness")  # kept on resume
 
@@ -480,8 +481,9 @@ class BackendConfig:
         _require(self.actor_cpus > 0, f"--actor-cpus must be positive, got {self.actor_cpus}")
         _require(self.actor_gpus >= 0, f"--actor-gpus must be >= 0, got {self.actor_gpus}")
         _require(self.oracle_actors >= 0, f"--oracle-actors must be >= 0, got {self.oracle_actors}")
+        _require(self.oracle_gpus >= 0, f"--oracle-gpus must be >= 0, got {self.oracle_gpus}")
         if self.backend == "local":
-            for name in ("ray_address", "actor_cpus", "actor_gpus", "oracle_actors"):
+            for name in ("ray_address", "actor_cpus", "actor_gpus", "oracle_actors", "oracle_gpus"):
                 _require(getattr(self, name) == getattr(BackendConfig, name), f"--{name.replace('_', '-')} needs --backend ray")
         else:
             _require(

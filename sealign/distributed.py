@@ -208,9 +208,11 @@ class RayOraclePool(PairwiseOracle):
 
     def __init__(self, oracle: Oracle, cfg: BackendConfig):
         super().__init__(oracle.cfg)
+        _check_resources(f"--oracle-actors {cfg.oracle_actors} x --oracle-gpus {cfg.oracle_gpus:g}", cfg.oracle_actors, 0.0, cfg.oracle_gpus)
         self.scores = oracle.scores
         self.copy = ray.put(oracle)  # kept for the actors' restarts
-        self.handles = [OracleActor.options(num_cpus=0, max_restarts=-1).remote() for _ in range(cfg.oracle_actors)]
+        options = {"num_cpus": 0, "num_gpus": cfg.oracle_gpus, "max_restarts": -1}  # an oracle mostly waits for its device
+        self.handles = [OracleActor.options(**options).remote() for _ in range(cfg.oracle_actors)]
         self.incarnations = Incarnations(cfg.oracle_actors)
 
     @property
