@@ -91,10 +91,10 @@ def gather(calls: Sequence[tuple[int, Callable[[], Any]]], refs: list, incarnati
     return out
 
 
-def _first_use(held: list) -> Any:
-    """The object behind a one-element list holding an object-store reference. Ray passes such a
-    nested reference without fetching it, so every call can name the object and only the first
-    call of an actor's life (or the first after a restart) pays for fetching it."""
+def _fetch(held: list) -> Any:
+    """The object behind a one-element list holding an object-store reference. Ray passes a
+    nested reference as it is, so every call can name an object (the initial policy, the latest
+    weights) and the actor fetches it only when it needs it."""
     return ray.get(held[0])
 
 
@@ -114,17 +114,14 @@ class PolicyActor:
         """Candidates for `prompts` under `seed`, with the weights of `version`; `start` and
         `weights` are one-element lists of references, fetched only when needed."""
         if self.actor is None:
-            self.actor = _first_use(start)
+            self.actor = _fetch(start)
             self.actor.model.to(self.device)
             if self.actor.reference is not None:
                 self.actor.reference.to(self.device)
         if version != self.actor.version:
-            self.actor.model.load_state_dict(_first_use(weights))
+            self.actor.model.load_state_dict(_fetch(weights))
             self.actor.version = version
         return os.getpid(), self.actor.propose(prompts, seed)
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 class RayPending:
@@ -177,10 +174,6 @@ class RayActors:
         self.actor.sync(learner_model, version)
         self.weights = ray.put({k: v.cpu() for k, v in self.actor.model.state_dict().items()})
 
-    def pids(self) -> list[int]:
-        """The actors' process ids (a test kills one)."""
-        return ray.get([h.pid.remote() for h in self.handles])
-
     def close(self) -> None:
         for handle in self.handles:
             ray.kill(handle)
@@ -196,7 +189,7 @@ class OracleActor:
 
     def run(self, copy: list, method: str, *columns: list[str]) -> tuple[int, torch.Tensor]:
         if self.oracle is None:
-            self.oracle = _first_use(copy)
+            self.oracle = _fetch(copy)
         return os.getpid(), getattr(self.oracle, method)(*columns)
 
 
