@@ -333,7 +333,8 @@ def train(
         """Hand the actors the next batch of prompts; they sample it with the weights they hold now."""
         position = stream.consumed  # names the batch: its shards' sampling seeds derive from it
         records = stream.take(cfg.pool_size)
-        queue.append((records, actors.submit([r.prompt for r in records], position)))
+        with Timer(state.timers, "generate"):  # the local backend samples here; Ray only dispatches
+            queue.append((records, actors.submit([r.prompt for r in records], position)))
 
     def collect(target: int, erm_wanted: int) -> Preferences:
         """Ask the oracle about duels until `target` labels exist in all (replayed from the ledger
