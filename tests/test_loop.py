@@ -39,6 +39,7 @@ def test_budget_is_never_exceeded(tmp_path, task_cfg):
     summary = train(cfg, task_cfg, TINY, QUICK_SFT, OracleConfig(), progress=False)
     rows = ledger(tmp_path / "run")
     assert summary["queries"] == 100 and summary["labels_asked_this_session"] == 100
+    assert summary["seconds"]["generate"] > 0 and summary["seconds"]["learn"] > 0  # every phase is timed
     assert [r["index"] for r in rows] == list(range(100))
     metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["queries"] for m in metrics] == [0, 64, 100]
