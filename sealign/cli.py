@@ -229,7 +229,7 @@ def cmd_train(
 
     if cfg.resume:  # a resumed run keeps its saved settings: refuse flags that would be ignored
         given = [task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, dataclasses.replace(cfg, resume=None, out="-")]
-        kept = [n.replace("_", "-") for n in BackendConfig.ALGORITHM if getattr(backend_cfg, n) != getattr(BackendConfig, n)]
+        kept = [n for n in _changed([backend_cfg]) if n.replace("-", "_") in BackendConfig.ALGORITHM]
         changed = [*_changed(given), *kept]  # the backend's placement may change: it changes no label
         if changed:
             raise SealignError(f"--resume continues with the run's saved settings; drop {', '.join('--' + n for n in changed)}")

@@ -490,6 +490,3 @@ class BackendConfig:
                 importlib.util.find_spec("ray") is not None,
                 "--backend ray needs Ray, which is not installed: pip install 'sealign[ray]'",
             )
-
-    def algorithm(self) -> dict[str, Any]:
-        return {n: getattr(self, n) for n in self.ALGORITHM}

@@ -14,6 +14,7 @@ nothing is lost, asked twice, or changed by the failure.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -124,21 +125,47 @@ class PolicyActor:
         return os.getpid(), self.actor.propose(prompts, seed)
 
 
+class ActorGroup:
+    """Ray actors that each take one contiguous shard of a batch: what the policy actors and
+    the oracle pool share (issuing per-shard calls, counting restarts, shutting down)."""
+
+    def __init__(self, handles: list):
+        self.handles = handles
+        self.incarnations = Incarnations(len(handles))
+
+    @property
+    def restarts(self) -> int:
+        return self.incarnations.restarts
+
+    def shard_calls(self, n: int, issue: Callable[[Any, int, int, int], Any]) -> list[tuple[int, Callable[[], Any]]]:
+        """(actor index, a function issuing `issue(handle, k, start, stop)`) per shard of n items."""
+        return [(k, functools.partial(issue, self.handles[k], k, a, b)) for k, (a, b) in enumerate(shard_bounds(n, len(self.handles)))]
+
+    def close(self) -> None:
+        for handle in self.handles:
+            ray.kill(handle)
+
+
+def _put_weights(model: torch.nn.Module) -> Any:
+    """The model's weights in the object store, on the host: one put, fetched by every actor."""
+    return ray.put({k: v.cpu() for k, v in model.state_dict().items()})
+
+
 class RayPending:
     """A batch being sampled on the Ray actors; `result` waits, re-issuing a dead actor's shard."""
 
-    def __init__(self, owner: "RayActors", calls: list[tuple[int, Callable[[], Any]]]):
-        self.owner, self.calls = owner, calls
+    def __init__(self, calls: list[tuple[int, Callable[[], Any]]], incarnations: Incarnations):
+        self.calls, self.incarnations = calls, incarnations
         self.refs = [issue() for _, issue in calls]
         self.candidates: Candidates | None = None
 
     def result(self) -> Candidates:
         if self.candidates is None:
-            self.candidates = join(gather(self.calls, self.refs, self.owner.incarnations))
+            self.candidates = join(gather(self.calls, self.refs, self.incarnations))
         return self.candidates
 
 
-class RayActors:
+class RayActors(ActorGroup):
     """The Ray backend's actors: `--actors` PolicyActors, one shard of every batch each.
 
     `sync` puts the learner's weights in the object store once; each actor gets them on its
@@ -151,32 +178,23 @@ class RayActors:
         device = "cuda" if cfg.actor_gpus > 0 else "cpu"
         # one copy of the initial policy (and pi_ref for XPO) for all actors, kept for their restarts
         self.start = ray.put(actor)
+        self.weights = _put_weights(actor.model)
         options = {"num_cpus": cfg.actor_cpus, "num_gpus": cfg.actor_gpus, "max_restarts": -1}
         threads = max(1, int(cfg.actor_cpus))
-        self.handles = [PolicyActor.options(**options).remote(threads, device) for _ in range(cfg.actors)]
-        self.weights = ray.put({k: v.cpu() for k, v in actor.model.state_dict().items()})
-        self.incarnations = Incarnations(cfg.actors)
-
-    @property
-    def restarts(self) -> int:
-        return self.incarnations.restarts
+        super().__init__([PolicyActor.options(**options).remote(threads, device) for _ in range(cfg.actors)])
 
     def submit(self, prompts: Sequence[str], position: int) -> RayPending:
         weights, version = self.weights, self.actor.version  # a re-issued shard uses the same weights
 
-        def call(k: int, a: int, b: int) -> tuple[int, Callable[[], Any]]:
+        def issue(handle: Any, k: int, a: int, b: int) -> Any:
             seed = sampling_seed(self.run_seed, position, k)
-            return k, lambda: self.handles[k].propose.remote([self.start], list(prompts[a:b]), seed, [weights], version)
+            return handle.propose.remote([self.start], list(prompts[a:b]), seed, [weights], version)
 
-        return RayPending(self, [call(k, a, b) for k, (a, b) in enumerate(shard_bounds(len(prompts), len(self.handles)))])
+        return RayPending(self.shard_calls(len(prompts), issue), self.incarnations)
 
     def sync(self, learner_model: torch.nn.Module, version: int) -> None:
         self.actor.sync(learner_model, version)
-        self.weights = ray.put({k: v.cpu() for k, v in self.actor.model.state_dict().items()})
-
-    def close(self) -> None:
-        for handle in self.handles:
-            ray.kill(handle)
+        self.weights = _put_weights(self.actor.model)
 
 
 @ray.remote
@@ -193,30 +211,25 @@ class OracleActor:
         return os.getpid(), getattr(self.oracle, method)(*columns)
 
 
-class RayOraclePool(PairwiseOracle):
+class RayOraclePool(ActorGroup, PairwiseOracle):
     """An oracle whose probabilities come from `--oracle-actors` Ray actors, each scoring a shard.
 
     Labels are drawn here, in the driver, by `PairwiseOracle` (noise keyed by label index), so
     the pool gives exactly the local oracle's labels."""
 
     def __init__(self, oracle: Oracle, cfg: BackendConfig):
-        super().__init__(oracle.cfg)
+        PairwiseOracle.__init__(self, oracle.cfg)
         _check_resources(f"--oracle-actors {cfg.oracle_actors} x --oracle-gpus {cfg.oracle_gpus:g}", cfg.oracle_actors, 0.0, cfg.oracle_gpus)
         self.scores = oracle.scores
         self.copy = ray.put(oracle)  # kept for the actors' restarts
         options = {"num_cpus": 0, "num_gpus": cfg.oracle_gpus, "max_restarts": -1}  # an oracle mostly waits for its device
-        self.handles = [OracleActor.options(**options).remote() for _ in range(cfg.oracle_actors)]
-        self.incarnations = Incarnations(cfg.oracle_actors)
-
-    @property
-    def restarts(self) -> int:
-        return self.incarnations.restarts
+        ActorGroup.__init__(self, [OracleActor.options(**options).remote() for _ in range(cfg.oracle_actors)])
 
     def _spread(self, method: str, *columns: Sequence[str]) -> torch.Tensor:
-        def call(k: int, a: int, b: int) -> tuple[int, Callable[[], Any]]:
-            return k, lambda: self.handles[k].run.remote([self.copy], method, *(list(c[a:b]) for c in columns))
+        def issue(handle: Any, k: int, a: int, b: int) -> Any:
+            return handle.run.remote([self.copy], method, *(list(c[a:b]) for c in columns))
 
-        calls = [call(k, a, b) for k, (a, b) in enumerate(shard_bounds(len(columns[0]), len(self.handles)))]
+        calls = self.shard_calls(len(columns[0]), issue)
         if not calls:
             return torch.empty(0, dtype=torch.float64)
         return torch.cat(gather(calls, [issue() for _, issue in calls], self.incarnations))
@@ -226,10 +239,6 @@ class RayOraclePool(PairwiseOracle):
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         return self._spread("score", prompts, responses)
-
-    def close(self) -> None:
-        for handle in self.handles:
-            ray.kill(handle)
 
 
 def release(oracle: Oracle) -> None:

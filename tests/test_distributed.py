@@ -80,6 +80,14 @@ def test_async_actors_sample_one_version_behind_and_match_the_local_schedule(clu
     assert 0 < metrics[-1]["staleness"] <= 1
 
 
+def test_actors_the_cluster_cannot_place_are_refused_before_any_work(cluster, tmp_path, task_cfg):
+    from sealign.errors import SealignError
+
+    with pytest.raises(SealignError, match="need 3 CPUs; the Ray cluster has 2"):
+        run(tmp_path / "r", task_cfg, backend="ray", actors=3)
+    assert not (tmp_path / "r").exists()
+
+
 def _policy_actor_pids() -> list[int]:
     """Processes of live PolicyActors (Ray titles them `ray::PolicyActor...`)."""
     pids = []
