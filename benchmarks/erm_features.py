@@ -35,10 +35,10 @@ from transformers.utils import logging as hf_logging
 
 from sealign.actor import Actor, sampling_seed
 from sealign.config import ERMConfig, OracleConfig, PolicyConfig, SFTConfig, TaskConfig
-from sealign.erm import POOLINGS, EpistemicRewardModel, pool, token_logprob_stats, token_logprobs
+from sealign.erm import POOLINGS, EpistemicRewardModel, pool, token_logprob_stats
 from sealign.explorer import Explorer
 from sealign.oracles import RewardOracle
-from sealign.policy import encode_pairs, load_policy
+from sealign.policy import encode_pairs, load_policy, token_logprobs
 from sealign.records import Duels
 from sealign.sft import ensure_reference
 from sealign.tasks import make_task
@@ -102,8 +102,8 @@ def all_layer_features(lm, tokenizer, prompts: list[str], responses: list[str]) 
         out["hidden"].append(
             torch.stack([torch.stack([pool(h.float(), mask, p) for p in POOLINGS], 1) for h in res.hidden_states], 1)
         )
-        out["logp"].append(token_logprob_stats(res.logits, batch["input_ids"], mask))
-        logp = token_logprobs(res.logits, batch["input_ids"])  # (B, T)
+        logp = F.pad(token_logprobs(res.logits[:, :-1], batch["input_ids"][:, 1:]), (1, 0))  # (B, T)
+        out["logp"].append(token_logprob_stats(logp, mask))
         out["pw0"].append(pool(res.hidden_states[0].float() * logp.exp()[..., None], mask, "sum"))
     return {k: torch.cat(v) for k, v in out.items()}
 

@@ -429,10 +429,10 @@ class TrainConfig:
             steps += 1
         return steps
 
-    @property
-    def pool_size(self) -> int:
-        """Prompts the actor answers per batch: APL draws a larger pool and keeps the most uncertain."""
-        return self.batch_size * (self.apl_pool_factor if self.agent == "apl" else 1)
+    def pool_size(self, pairs: int) -> int:
+        """Prompts the actor answers to supply `pairs` more pairs, at most a batch's worth: APL draws
+        a pool `apl_pool_factor` times larger and keeps the most uncertain prompts."""
+        return min(pairs, self.batch_size) * (self.apl_pool_factor if self.agent == "apl" else 1)
 
     @property
     def warmup_steps(self) -> int:

@@ -15,11 +15,12 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from sealign.config import ERMConfig
 from sealign.errors import SealignError
-from sealign.policy import encode_pairs, prepare_tokenizer
+from sealign.policy import encode_pairs, prefill, prepare_tokenizer, prompt_inputs, token_logprobs
 
 POOLINGS = ("mean", "sum", "last")
 
@@ -37,18 +38,19 @@ def pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
     raise ValueError(f"unknown pooling {how!r} (known: {', '.join(POOLINGS)})")
 
 
-def token_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
-    """log p(token_t | tokens < t) under a causal LM's `logits` (B, T, V), shape (B, T); position 0,
-    which nothing predicts, gets 0."""
-    logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, input_ids[:, 1:, None])[..., 0]  # (B, T-1)
-    return F.pad(logp, (1, 0))
-
-
-def token_logprob_stats(logits: Tensor, input_ids: Tensor, mask: Tensor) -> Tensor:
-    """Sum, mean and min of `token_logprobs` over the positions in `mask` (B, T); returns (B, 3)."""
-    logp = token_logprobs(logits, input_ids)
+def token_logprob_stats(logp: Tensor, mask: Tensor) -> Tensor:
+    """Sum, mean and min of per-token log-probs `logp` (B, T) over the positions in `mask` (B, T);
+    returns (B, 3)."""
     total = (logp * mask).sum(1)
     return torch.stack([total, total / mask.sum(1).clamp(min=1), logp.masked_fill(~mask, math.inf).min(1).values], 1)
+
+
+def is_decoder(model: PreTrainedModel) -> bool:
+    """Causal (decoder-only) architectures: a token's states depend only on the tokens before it,
+    so a prompt read once can serve all its responses. An architecture with a masked-LM head
+    (BERT, RoBERTa, DeBERTa reward models) reads in both directions."""
+    kind = model.config.model_type
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 class Backbone:
@@ -91,21 +93,59 @@ class Backbone:
 
     @torch.no_grad()
     def features(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
-        """φ(x, y) for each (prompt, response), shape (B, width); the response's <eos> is included."""
+        """φ(x, y) for each (prompt, response), shape (B, width); the response's <eos> is included.
+        A decoder reads each distinct prompt of a batch of `batch_size` pairs once."""
+        read = self._after_shared_prompt if is_decoder(self.model) else self._whole
         out = []
         for start in range(0, len(prompts), self.batch_size):
-            batch = encode_pairs(
-                self.tokenizer, prompts[start : start + self.batch_size], responses[start : start + self.batch_size]
-            )
-            batch = {k: v.to(self.model.device) for k, v in batch.items()}
-            res = self.model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
-            )
-            feats = pool(res.hidden_states[self.layer].float(), batch["response_mask"], self.pooling)  # (b, d)
+            hidden, logp, mask = read(prompts[start : start + self.batch_size], responses[start : start + self.batch_size])
+            feats = pool(hidden.float(), mask, self.pooling)  # (b, d)
             if self.logprobs:
-                feats = torch.cat([feats, token_logprob_stats(res.logits.float(), batch["input_ids"], batch["response_mask"])], 1)
+                feats = torch.cat([feats, token_logprob_stats(logp, mask)], 1)
             out.append(feats.cpu())  # the heads live on the CPU
         return torch.cat(out)
+
+    def _whole(self, prompts: Sequence[str], responses: Sequence[str]) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Each prompt + response read whole: hidden states at `layer` (b, T, d), log-probs of each
+        token given those before it (b, T; None without `logprobs`) and the response mask (b, T)."""
+        batch = {k: v.to(self.model.device) for k, v in encode_pairs(self.tokenizer, prompts, responses).items()}
+        ids = batch["input_ids"]
+        res = self.model(input_ids=ids, attention_mask=batch["attention_mask"], output_hidden_states=True)
+        logp = None
+        if self.logprobs:  # position 0, which nothing predicts, is never a response token
+            logp = F.pad(token_logprobs(res.logits[:, :-1], ids[:, 1:]), (1, 0))
+        return res.hidden_states[self.layer], logp, batch["response_mask"]
+
+    def _after_shared_prompt(
+        self, prompts: Sequence[str], responses: Sequence[str]
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """As `_whole`, over the response tokens only (T = longest response + <eos>), with each
+        distinct prompt read once and its key/value cache shared by its responses: the prompts
+        are most of the tokens, and the explorer scores M candidates per prompt."""
+        tok, device = self.tokenizer, self.model.device
+        distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+        row = torch.tensor([distinct[p] for p in prompts], device=device)  # (b,) each pair's prompt
+        texts, special = prompt_inputs(tok, distinct)
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=special).to(device)  # left-padded (P, Tp)
+        head, cache, cache_key = prefill(self.model, enc["input_ids"], enc["attention_mask"])
+        cache.batch_select_indices(row)  # (b) rows: each pair continues from its prompt
+        ids = [[*r, tok.eos_token_id] for r in tok(list(responses), add_special_tokens=False)["input_ids"]]
+        width = max(map(len, ids))
+        mask = torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in ids], device=device)  # (b, T)
+        ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in ids], device=device)  # (b, T)
+        seen = enc["attention_mask"][row]  # (b, Tp)
+        position = seen.sum(1, keepdim=True) + torch.arange(width, device=device)  # after each prompt's last token
+        res = self.model(
+            input_ids=ids,
+            attention_mask=torch.cat([seen, mask.long()], 1),
+            position_ids=position,
+            output_hidden_states=True,
+            **{cache_key: cache},
+        )
+        logp = None
+        if self.logprobs:  # the prompt's last token predicts the first response token
+            logp = token_logprobs(torch.cat([head.logits[row, -1:], res.logits[:, :-1]], 1), ids)  # (b, T)
+        return res.hidden_states[self.layer], logp, mask
 
 
 # ---- the ensemble as pure functions of a parameter dict ----------------------------------

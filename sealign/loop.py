@@ -329,21 +329,24 @@ def train(
         folder.log_scalars(row)
         return row
 
-    def submit_next() -> None:
-        """Hand the actors the next batch of prompts; they sample it with the weights they hold now."""
+    def submit_next(pairs: int = cfg.batch_size) -> None:
+        """Hand the actors prompts for `pairs` more pairs; they sample them with the weights they
+        hold now."""
         position = stream.consumed  # names the batch: its shards' sampling seeds derive from it
-        records = stream.take(cfg.pool_size)
+        records = stream.take(cfg.pool_size(pairs))
         with Timer(state.timers, "generate"):  # the local backend samples here; Ray only dispatches
             queue.append((records, actors.submit([r.prompt for r in records], position)))
 
     def collect(target: int, erm_wanted: int) -> Preferences:
         """Ask the oracle about duels until `target` labels exist in all (replayed from the ledger
         on resume), and gather `erm_wanted` ERM-labelled pairs from other prompts of the same
-        batches. Surplus duels go unasked, so an online batch never holds stale labels."""
+        batches. Surplus duels go unasked, so an online batch never holds stale labels; a batch
+        that comes up short (identical duels, a judge's unparseable answer) is topped up with only
+        as many prompts as pairs are still missing."""
         erm_batch = Preferences([], [], [])
         while state.collected < target or len(erm_batch) < erm_wanted:
             if not queue:
-                submit_next()
+                submit_next(target - state.collected + erm_wanted - len(erm_batch))
             records, pending = queue.popleft()
             with Timer(state.timers, "generate"):  # with --async, only the wait for the actors
                 candidates = pending.result()

@@ -161,16 +161,23 @@ def shared_prompt_inputs(model: PreTrainedModel, enc: dict[str, torch.Tensor], n
     repeat = {k: v.repeat_interleave(num_samples, dim=0) for k, v in enc.items()}  # (B * M, T)
     if ids.shape[1] < 2:  # nothing to share before the last token
         return repeat
-    accepts = inspect.signature(model.forward).parameters
-    cache_key = "cache" if "cache" in accepts else "past_key_values"  # renamed within transformers 5
-    prefix = {"input_ids": ids[:, :-1], "attention_mask": mask[:, :-1], "use_cache": True}  # (B, T-1)
-    if "position_ids" in accepts:
-        prefix["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)[:, :-1]
-    if "logits_to_keep" in accepts:
-        prefix["logits_to_keep"] = 1  # only the cache is wanted
-    cache = model(**prefix)[cache_key]
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    _, cache, cache_key = prefill(model, ids[:, :-1], mask[:, :-1], **extra)  # only the cache is wanted
     cache.batch_repeat_interleave(num_samples)  # (B * M) rows, prompt-major
     return {**repeat, cache_key: cache}
+
+
+def prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, **kwargs) -> tuple:
+    """Run left-padded prompts `ids`, `mask` (B, T) through a decoder once and keep their key/value
+    cache, with the positions generate would give them. Returns (output, cache, the name under
+    which forward takes a cache: `past_key_values`, renamed `cache` within transformers 5)."""
+    accepts = inspect.signature(model.forward).parameters
+    cache_key = "cache" if "cache" in accepts else "past_key_values"
+    inputs = {"input_ids": ids, "attention_mask": mask, "use_cache": True, **kwargs}
+    if "position_ids" in accepts:
+        inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = model(**inputs)
+    return out, out[cache_key], cache_key
 
 
 def encode_pairs(
@@ -207,7 +214,11 @@ def sequence_logprobs(
     batch = encode_pairs(tokenizer, prompts, responses)
     batch = {k: v.to(model.device) for k, v in batch.items()}
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V): predicts tokens 1..T-1
-    token_logp = logp.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)  # (B, T-1)
+    token_logp = token_logprobs(logits[:, :-1], batch["input_ids"][:, 1:])  # (B, T-1): tokens 1..T-1
     mask = batch["response_mask"][:, 1:]  # (B, T-1)
     return (token_logp * mask).sum(-1), mask.sum(-1)
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target_t) under the next-token `logits` (B, T, V) at each position; shape (B, T)."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)

@@ -23,7 +23,7 @@ from sealign.erm import (
 )
 from sealign.evaluate import best_of_n
 from sealign.explorer import Explorer
-from sealign.policy import build_policy, encode_pairs, sequence_logprobs
+from sealign.policy import build_policy, encode_pairs, sequence_logprobs, token_logprobs
 
 
 def test_bradley_terry_nll_by_hand():
@@ -115,11 +115,12 @@ def test_explorer_features_from_the_reference_backbone(task, tmp_path):
 
 def test_token_logprob_stats_by_hand():
     # vocab of 2; row 0 predicts token 1 with p = 3/4 (logits 0, log 3), then token 0 with p = 1/2
-    logits = torch.zeros(2, 3, 2)
+    logits = torch.zeros(2, 2, 2)
     logits[0, 0, 1] = math.log(3)
     ids = torch.tensor([[0, 1, 0], [0, 1, 0]])
+    logp = torch.nn.functional.pad(token_logprobs(logits, ids[:, 1:]), (1, 0))  # (2, 3): position 0 unpredicted
     mask = torch.tensor([[False, True, True], [False, False, True]])  # row 1: only the last token
-    stats = token_logprob_stats(logits, ids, mask)
+    stats = token_logprob_stats(logp, mask)
     lp, half = math.log(3 / 4), math.log(1 / 2)
     assert stats[0].tolist() == pytest.approx([lp + half, (lp + half) / 2, half], rel=1e-6)
     assert stats[1].tolist() == pytest.approx([half, half, half], rel=1e-6)
@@ -157,6 +158,22 @@ def test_backbone_layer_and_logprob_features(task, saved_reference):
     assert torch.allclose(feats[:, d], seq_logp, atol=1e-4)
     assert torch.allclose(feats[:, d + 1], seq_logp / lengths, atol=1e-4)
     assert (feats[:, d + 2] <= feats[:, d + 1] + 1e-6).all()  # the least likely token is at most the mean
+
+
+def test_decoder_backbone_reads_each_prompt_once_with_the_same_features(task, saved_reference):
+    """A causal backbone shares each prompt's key/value cache among its responses; the features
+    equal those of reading every prompt + response whole, for any layer, pooling and log-probs."""
+    path = saved_reference[2]
+    p, q = (r.prompt for r in task.records("holdout")[:2])
+    prompts, responses = [p, p, q, p, q], ["apple", "river apple", "", "apple apple apple", "stone"]
+    for backbone in (Backbone(path), Backbone(path, "last", layer=2, logprobs=True), Backbone(path, "sum", layer=0, logprobs=True)):
+        shared = backbone.features(prompts, responses)
+        hidden, logp, mask = backbone._whole(prompts, responses)
+        whole = pool(hidden, mask, backbone.pooling)
+        if backbone.logprobs:
+            whole = torch.cat([whole, token_logprob_stats(logp, mask)], 1)
+        assert shared.shape == (5, backbone.width)
+        assert torch.allclose(shared, whole, atol=1e-5)
 
 
 def test_backbone_rejects_a_layer_it_does_not_have(saved_reference):
