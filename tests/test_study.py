@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -93,6 +94,14 @@ def test_every_preset_is_valid(capsys):
     assert fig1.scaling and fig1.panels == ["size nano", "size micro", "size tiny"]
     noisy = [a for a in load_study("fig7").arms if a.panel.startswith("noisy")]
     assert noisy and all(a.option("label-mode", "") == "bernoulli" for a in noisy)
+
+
+def test_every_shipped_example_study_is_valid():
+    """The README's commands run the YAML studies in examples/: each must load and validate."""
+    files = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+    assert files
+    for path in files:
+        assert load_study(str(path)).arms, path.name
 
 
 @pytest.mark.parametrize(
