@@ -125,7 +125,7 @@ class Backbone:
         tok, device = self.tokenizer, self.model.device
         distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
         row = torch.tensor([distinct[p] for p in prompts], device=device)  # (b,) each pair's prompt
-        texts, special = prompt_inputs(tok, distinct)
+        texts, special = prompt_inputs(tok, list(distinct))
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=special).to(device)  # left-padded (P, Tp)
         head, cache, cache_key = prefill(self.model, enc["input_ids"], enc["attention_mask"])
         cache.batch_select_indices(row)  # (b) rows: each pair continues from its prompt

@@ -161,21 +161,23 @@ def shared_prompt_inputs(model: PreTrainedModel, enc: dict[str, torch.Tensor], n
     repeat = {k: v.repeat_interleave(num_samples, dim=0) for k, v in enc.items()}  # (B * M, T)
     if ids.shape[1] < 2:  # nothing to share before the last token
         return repeat
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    _, cache, cache_key = prefill(model, ids[:, :-1], mask[:, :-1], **extra)  # only the cache is wanted
+    _, cache, cache_key = prefill(model, ids[:, :-1], mask[:, :-1])  # only the cache is wanted
     cache.batch_repeat_interleave(num_samples)  # (B * M) rows, prompt-major
     return {**repeat, cache_key: cache}
 
 
-def prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, **kwargs) -> tuple:
+def prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> tuple:
     """Run left-padded prompts `ids`, `mask` (B, T) through a decoder once and keep their key/value
-    cache, with the positions generate would give them. Returns (output, cache, the name under
-    which forward takes a cache: `past_key_values`, renamed `cache` within transformers 5)."""
+    cache, with the positions generate would give them; an LM head scores only the last position
+    (what follows the prompt), not all T. Returns (output, cache, the name under which forward
+    takes a cache: `past_key_values`, renamed `cache` within transformers 5)."""
     accepts = inspect.signature(model.forward).parameters
     cache_key = "cache" if "cache" in accepts else "past_key_values"
-    inputs = {"input_ids": ids, "attention_mask": mask, "use_cache": True, **kwargs}
+    inputs = {"input_ids": ids, "attention_mask": mask, "use_cache": True}
     if "position_ids" in accepts:
         inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    if "logits_to_keep" in accepts:
+        inputs["logits_to_keep"] = 1
     out = model(**inputs)
     return out, out[cache_key], cache_key
 
