@@ -16,7 +16,10 @@ N = 250 ... 4000 labels on pairs of *other* prompts whose true rewards differ:
 - acc: accuracy of the ensemble-mean reward; head: mean accuracy of a single head (what one
   Thompson sample sees);
 - calib: accuracy on the half of the held-out pairs where the heads agree most minus the half
-  where they disagree most (> 0: the ensemble's disagreement tracks its errors).
+  where they disagree most (> 0: the ensemble's disagreement tracks its errors). Disagreement is
+  the variance of the preference probability across heads, what `bai_ts` maximises; the spread
+  of the raw logit difference grows with the features' scale and, with the log-prob features,
+  is largest on the easiest pairs (calib -0.19 by that measure, +0.13 by this one).
 
 A logistic probe fitted to convergence on the feature differences of all training labels
 (`probe`) bounds what a linear reward on those features can reach.
@@ -146,7 +149,7 @@ def evaluate(erm: EpistemicRewardModel, a: torch.Tensor, b: torch.Tensor, a_wins
     acc = ((diff.mean(0) > 0) == a_wins).double().mean().item()
     head = ((diff > 0) == a_wins).double().mean().item()
     correct = ((diff.mean(0) > 0) == a_wins).double()
-    order = diff.std(0).argsort()
+    order = torch.sigmoid(diff).var(0, unbiased=False).argsort()  # as explore.preference_variance
     half = len(order) // 2
     calib = correct[order[:half]].mean().item() - correct[order[half:]].mean().item()
     return {"acc": acc, "head": head, "calib": calib}
