@@ -74,7 +74,7 @@ def sample_pairs(n_prompts: int, m: int, seed: int, cache: Path) -> dict:
         first=[y for d in duels for y in d.first],
         second=[y for d in duels for y in d.second],
     )
-    first_wins = oracle.label(duels.prompts, duels.first, duels.second)
+    first_wins = oracle.label(duels.prompts, duels.first, duels.second).first_wins  # the task oracle answers every pair
     r_first, r_second = oracle.score(duels.prompts, duels.first), oracle.score(duels.prompts, duels.second)
     data = {
         "reference": str(ref.path),

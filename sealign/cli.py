@@ -22,6 +22,7 @@ from sealign.config import (
     ModelConfig,
     OracleConfig,
     PolicyConfig,
+    PreferenceModelConfig,
     SFTConfig,
     TaskConfig,
     TrainConfig,
@@ -64,7 +65,8 @@ class ExportArgs:
 class StudyArgs:
     study: str = field(metadata={"help": "a preset (fig1, fig5, fig6, fig7, losses) or a YAML file; may be given first, without --study"})
     out: str = field(metadata={"help": "study folder: runs/ inside it are shared between studies, reports go to OUT/NAME/"})
-    seeds: int = field(default=3, metadata={"help": "seeds 0 .. N-1 of every arm"})
+    seeds: int = field(default=3, metadata={"help": "seeds FIRST .. FIRST+N-1 of every arm"})
+    first_seed: int = field(default=0, metadata={"help": "FIRST: e.g. 100 for a screen of settings kept apart from the reported seeds 0, 1, ..."})
     jobs: int = field(default=0, metadata={"help": "runs at once, each in its own process; default: the number of cores"})
     budget: Optional[int] = field(default=None, metadata={"help": "override every arm's query budget"})
     eval_every: Optional[int] = field(default=None, metadata={"help": "override every arm's evaluation interval"})
@@ -93,13 +95,27 @@ def cmd_sft(task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, 
     from sealign.sft import ensure_reference
 
     result = ensure_reference(task_cfg, policy_cfg, sft_cfg, progress=not out.quiet)
+    return _cached(result, "pi_ref", f"SFT loss {result.meta['loss_first']:.3f} -> {result.meta['loss_last']:.3f}")
+
+
+def _cached(result, what: str, figures: str) -> dict:
+    """Print where a built (or reused) model lies and what its build measured; returns its meta."""
     meta = result.meta
     console.print(
-        f"pi_ref {'reused' if result.reused else 'built'}: {result.path}\n"
-        f"  {meta['parameters']:,} parameters; SFT loss {meta['loss_first']:.3f} -> {meta['loss_last']:.3f}; "
-        f"{meta['seconds']} s; peak RSS {meta['peak_rss_mb']} MB"
+        f"{what} {'reused' if result.reused else 'built'}: {result.path}\n"
+        f"  {meta['parameters']:,} parameters; {figures}; {meta['seconds']} s; peak RSS {meta['peak_rss_mb']} MB"
     )
     return {"path": str(result.path), "reused": result.reused, **{k: v for k, v in meta.items() if k != "losses"}}
+
+
+def cmd_pm(task_cfg: TaskConfig, pm_cfg: PreferenceModelConfig, out: OutputArgs) -> dict:
+    """Build the built-in task's pretrained preference model (or reuse the cached one) and print where it is."""
+    from sealign.preference_model import ensure_preference_model
+
+    result = ensure_preference_model(task_cfg, pm_cfg, progress=not out.quiet)
+    meta = result.meta
+    figures = f"Bradley-Terry loss {meta['loss_first']:.3f} -> {meta['loss_last']:.3f}, agreement with the public judge {meta['public_judge_agreement']:.3f} (held out)"
+    return _cached(result, "preference model", figures)
 
 
 def _resolve_policy(model_cfg: ModelConfig, task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig) -> Path:
@@ -181,7 +197,7 @@ def cmd_demo(task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig,
     spec = {
         "title": f"online DPO vs SEA-DPO, {args.budget} queries, seed {args.seed}",
         "flags": f"--budget {args.budget} --eval-every {args.eval_every} {passed}",
-        "arms": {"online dpo": study.ONLINE["dpo"], "sea dpo": study.SEA["dpo"]},
+        "arms": {"online dpo": study.BEST_ONLINE_DPO, "sea dpo": study.BEST_SEA_DPO},
     }
     demo = study.study_from_spec("demo", spec)
     _check_arms(demo)
@@ -222,19 +238,22 @@ def cmd_train(
     data_cfg: DataConfig,
     cfg: TrainConfig,
     backend_cfg: BackendConfig,
+    pm_cfg: PreferenceModelConfig,
     out: OutputArgs,
 ) -> dict:
     """Align pi_ref with an agent under a query budget; writes the run folder (see DESIGN.md)."""
     from sealign.loop import train
 
     if cfg.resume:  # a resumed run keeps its saved settings: refuse flags that would be ignored
-        given = [task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, dataclasses.replace(cfg, resume=None, out="-")]
+        given = [task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, pm_cfg, dataclasses.replace(cfg, resume=None, out="-")]
         kept = [n for n in _changed([backend_cfg]) if n.replace("-", "_") in BackendConfig.ALGORITHM]
         changed = [*_changed(given), *kept]  # the backend's placement may change: it changes no label
         if changed:
             raise SealignError(f"--resume continues with the run's saved settings; drop {', '.join('--' + n for n in changed)}")
 
-    summary = train(cfg, task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, backend_cfg, progress=not out.quiet)
+    summary = train(
+        cfg, task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, backend_cfg, pm_cfg=pm_cfg, progress=not out.quiet
+    )
     table = Table(title=f"{summary['agent']} {summary['loss']} — {cfg.resume or cfg.out}")
     for col in ("queries", "win_rate pi_ref", "win_rate final", "wall s", "generate s", "select s", "oracle s", "learn s", "eval s"):
         table.add_column(col)
@@ -275,6 +294,9 @@ def _check_arms(plan) -> list[tuple]:
 def cmd_study(args: StudyArgs, out: OutputArgs) -> dict:
     """Run a study's grid (resumable), then write OUT/NAME/report.md, curves.csv and plots."""
     from sealign import study
+    from sealign.agents import AGENTS
+    from sealign.models import PREFERENCE_MODEL, on_builtin_task
+    from sealign.preference_model import ensure_preference_model, preference_model_dir
     from sealign.sft import ensure_reference, reference_dir
 
     if args.seeds < 1:
@@ -287,16 +309,23 @@ def cmd_study(args: StudyArgs, out: OutputArgs) -> dict:
     )
     plan = study.load_study(args.study, overrides)
     configs = _check_arms(plan)
-    seeds = list(range(args.seeds))
+    if args.first_seed < 0:
+        raise SealignError(f"--first-seed must be >= 0, got {args.first_seed}")
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     root = Path(args.out)
     report_dir = root / plan.name
     report_dir.mkdir(parents=True, exist_ok=True)
-    references = {}  # built once here, not by parallel runs racing to build the same one
-    for task_cfg, policy_cfg, sft_cfg, _, _, model_cfg, *_ in configs:
+    references, preference_models = {}, {}  # built once here, not by parallel runs racing to build the same one
+    for task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, train_cfg, _, pm_cfg in configs:
         if model_cfg.policy is None:  # arms with their own --policy need no built-in pi_ref
             references.setdefault(reference_dir(task_cfg, policy_cfg, sft_cfg), (task_cfg, policy_cfg, sft_cfg))
+        pm_backbone = AGENTS[train_cfg.agent].learn_erm and erm_cfg.erm_backbone == PREFERENCE_MODEL
+        if on_builtin_task(model_cfg, data_cfg) and (pm_backbone or oracle_cfg.train_oracle == "pm"):
+            preference_models.setdefault(preference_model_dir(task_cfg, pm_cfg), (task_cfg, pm_cfg))
     for task_cfg, policy_cfg, sft_cfg in references.values():
         ensure_reference(task_cfg, policy_cfg, sft_cfg, progress=not out.quiet)
+    for task_cfg, pm_cfg in preference_models.values():
+        ensure_preference_model(task_cfg, pm_cfg, progress=not out.quiet)
     echo = (lambda line: None) if out.quiet else console.print
     start = time.perf_counter()
     study.run_study(plan.arms, root, seeds, jobs, echo=echo)
@@ -358,6 +387,7 @@ Command = tuple[Callable[..., dict], list[type], str]
 COMMANDS: dict[str, Command] = {
     "demo": (cmd_demo, [TaskConfig, PolicyConfig, SFTConfig, DemoArgs, OutputArgs], "online DPO vs SEA-DPO on the built-in task (the main job)"),
     "sft": (cmd_sft, [TaskConfig, PolicyConfig, SFTConfig, OutputArgs], "build (or reuse) the reference policy pi_ref"),
+    "pm": (cmd_pm, [TaskConfig, PreferenceModelConfig, OutputArgs], "build (or reuse) the task's pretrained preference model (the ERM's backbone)"),
     "eval": (
         cmd_eval,
         [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, EvalConfig, ModelConfig, DataConfig, OutputArgs],
@@ -365,7 +395,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "train": (
         cmd_train,
-        [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, ERMConfig, ModelConfig, DataConfig, TrainConfig, BackendConfig, OutputArgs],
+        [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, ERMConfig, ModelConfig, DataConfig, TrainConfig, BackendConfig, PreferenceModelConfig, OutputArgs],
         "run an agent under a query budget",
     ),
     "study": (cmd_study, [StudyArgs, OutputArgs], "run a grid of agents x seeds and report win-rate curves"),

@@ -88,11 +88,27 @@ class SFTConfig:
         _require(0 <= self.sft_warmup < self.sft_steps, f"--sft-warmup must be in [0, sft_steps), got {self.sft_warmup}")
 
 
+@dataclass
+class PreferenceModelConfig:
+    """The built-in task's pretrained preference model (the paper's PairRM): a small transformers
+    reward model fitted by Bradley-Terry to the task's public judge, never to the oracle."""
+
+    pm_steps: int = field(default=1500, metadata=_help("optimizer steps"))
+    pm_batch_size: int = field(default=64, metadata=_help("judged pairs per step"))
+    pm_lr: float = field(default=5e-3, metadata=_help("peak AdamW learning rate (cosine schedule)"))
+    pm_seed: int = field(default=0, metadata=_help("seed of initialisation and of the pretraining pairs"))
+
+    def __post_init__(self) -> None:
+        _require(self.pm_steps > 0, f"--pm-steps must be positive, got {self.pm_steps}")
+        _require(self.pm_batch_size > 0, f"--pm-batch-size must be positive, got {self.pm_batch_size}")
+        _require(self.pm_lr > 0, f"--pm-lr must be positive, got {self.pm_lr}")
+
+
 ORACLE_KINDS = ("task", "rm:MODEL", "judge:MODEL", "http://HOST:PORT")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def oracle_kind(spec: str) -> tuple[str, str]:
+def oracle_kind(spec: str, flag: str = "--oracle") -> tuple[str, str]:
     """Split an --oracle spec into (kind, target): task, rm, judge or remote (a URL)."""
     if spec == "task":
         return "task", ""
@@ -100,7 +116,8 @@ def oracle_kind(spec: str) -> tuple[str, str]:
         return "remote", spec.rstrip("/")
     kind, sep, target = spec.partition(":")
     if not sep or kind not in ("rm", "judge") or not target:
-        raise SealignError(f"unknown --oracle {spec!r} (known: {', '.join(ORACLE_KINDS)})")
+        known = ", ".join(ORACLE_KINDS + (("pm",) if flag == "--train-oracle" else ()))
+        raise SealignError(f"unknown {flag} {spec!r} (known: {known})")
     return kind, target
 
 
@@ -131,6 +148,13 @@ class OracleConfig:
         metadata=_help("argmax: the more likely answer; bernoulli: a noisy human, z ~ Ber(P)", choices=["argmax", "bernoulli"]),
     )
     flip_prob: float = field(default=0.0, metadata=_help("probability that a label is flipped (annotator error)"))
+    train_oracle: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "who labels the training duels, if not --oracle (which always judges the evaluation): any --oracle spec, "
+            "or pm: the built-in task's pretrained preference model (labels from the prior alone)"
+        ),
+    )
     oracle_seed: int = field(default=0, metadata=_help("seed of the oracle's label noise, tie breaks and judge positions"))
     oracle_batch_size: int = field(default=32, metadata=_help("rm: responses scored at once"))
     oracle_device: str = field(default="cpu", metadata=_help("rm: device of the reward model (cpu, cuda, cuda:N)"))
@@ -156,6 +180,8 @@ class OracleConfig:
 
     def __post_init__(self) -> None:
         kind, _ = oracle_kind(self.oracle)
+        if self.train_oracle not in (None, "pm"):
+            oracle_kind(self.train_oracle, "--train-oracle")  # an unknown spec fails here, before any work
         if self.oracle_temperature is None and kind in ("task", "rm"):
             self.oracle_temperature = 0.2 if kind == "task" else 1.0
         _require(
@@ -283,10 +309,19 @@ class ERMConfig:
     erm_sgd_steps: int = field(default=5, metadata=_help("Adam steps per round (one round per learner step)"))
     erm_batch_size: int = field(default=64, metadata=_help("pairs per head per Adam step, drawn from all labels so far"))
     erm_backbone: Optional[str] = field(
-        default=None, metadata=_help("transformers model (name or path) giving the features; default: pi_ref")
+        default=None,
+        metadata=_help(
+            "transformers model (name or path) giving the features; pm: the built-in task's pretrained preference model "
+            "(the paper's PairRM); default: pi_ref"
+        ),
     )
-    erm_pooling: str = field(
-        default="mean", metadata=_help("pooling of the backbone's hidden states over the response", choices=["mean", "sum", "last"])
+    erm_pooling: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "pooling of the backbone's hidden states over the response; default: last for the preference model (the "
+            "state its score reads), mean for any other backbone",
+            choices=["mean", "sum", "last"],
+        ),
     )
     erm_layer: int = field(
         default=-1, metadata=_help("which hidden states to pool: 0 = input embeddings, i = after block i, -1 = last")
@@ -296,14 +331,24 @@ class ERMConfig:
         metadata=_help("append the sum, mean and min of the backbone's log-probs of the response tokens (a causal LM)"),
     )
 
+    erm_gate: Optional[float] = field(
+        default=None,
+        metadata=_help(
+            "confidence-gated self-labelling (beyond the paper): ERM-labelled pairs only where at least this share of the "
+            "heads agree, several per prompt, from every prompt of the batch; default: the paper's rule (one sampled head's "
+            "best vs worst candidate of a prompt the oracle is not asked about)"
+        ),
+    )
+
     def __post_init__(self) -> None:
+        _require(self.erm_gate is None or 0.5 < self.erm_gate <= 1.0, f"--erm-gate must be in (0.5, 1], got {self.erm_gate}")
         _require(self.erm_heads >= 2, f"--erm-heads must be at least 2 (an ensemble), got {self.erm_heads}")
         _require(self.erm_hidden > 0, f"--erm-hidden must be positive, got {self.erm_hidden}")
         _require(self.erm_lambda >= 0, f"--erm-lambda must be >= 0, got {self.erm_lambda}")
         _require(self.erm_lr > 0, f"--erm-lr must be positive, got {self.erm_lr}")
         _require(self.erm_sgd_steps > 0, f"--erm-sgd-steps must be positive, got {self.erm_sgd_steps}")
         _require(self.erm_batch_size > 0, f"--erm-batch-size must be positive, got {self.erm_batch_size}")
-        _require(self.erm_pooling in ("mean", "sum", "last"), f"unknown --erm-pooling {self.erm_pooling!r} (known: mean, sum, last)")
+        _require(self.erm_pooling in (None, "mean", "sum", "last"), f"unknown --erm-pooling {self.erm_pooling!r} (known: mean, sum, last)")
 
 
 LR_SCHEDULES = ("cosine", "constant", "linear", "constant_with_warmup")

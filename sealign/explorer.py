@@ -17,7 +17,7 @@ from torch import Tensor
 
 from sealign.config import ERMConfig
 from sealign.erm import Backbone, EpistemicRewardModel
-from sealign.explore import SELECTORS, DuelChoice, apl_select, erm_labelled_pairs
+from sealign.explore import SELECTORS, DuelChoice, apl_select, erm_labelled_pairs, gated_erm_pairs
 from sealign.records import Candidates, Duels, Preferences
 
 
@@ -48,6 +48,7 @@ class Explorer:
         seed: int,
         erm_cfg: Optional[ERMConfig] = None,
         backbone_path: Optional[str | Path] = None,
+        pooling: str = "mean",
         *,
         policy_logprobs: Optional[LogProbs] = None,
         beta: float = 0.1,
@@ -61,8 +62,8 @@ class Explorer:
         self.erm: Optional[EpistemicRewardModel] = None
         if erm_cfg is not None:
             self.backbone = Backbone(
-                erm_cfg.erm_backbone or backbone_path,
-                erm_cfg.erm_pooling,
+                backbone_path,
+                pooling,
                 device=device,
                 layer=erm_cfg.erm_layer,
                 logprobs=erm_cfg.erm_logprobs,
@@ -106,21 +107,31 @@ class Explorer:
         first[order], second[order], clashed[order] = picked
         return DuelChoice(first, second, clashed), order.tolist()
 
-    def erm_labelled(self, sel: Selection, rows: list[int]) -> tuple[Preferences, list[int]]:
-        """B_ERM for the prompts `rows`: a sampled head's best vs worst candidate (§4.3). Never
-        shown to the oracle, never added to the ERM's own data. Returns the pairs and the rows
-        that had a preference (a head indifferent between all candidates gives none)."""
-        sub = sel.rewards[:, rows]
-        pairs = erm_labelled_pairs(sub, self.generator, sel.mask[rows])
-        keep = [i for i, tied in enumerate(pairs.clashed.tolist()) if not tied]
-        responses = [sel.candidates.responses[r] for r in rows]
+    def erm_labelled(self, sel: Selection, rows: list[int], wanted: int) -> tuple[Preferences, list[int]]:
+        """B_ERM from the prompts `rows`, at most `wanted` pairs: never shown to the oracle, never
+        added to the ERM's own data. The paper's rule (§4.3): one pair per prompt, a sampled head's
+        best vs worst candidate (a head indifferent between all candidates gives none). With
+        `erm_gate`, only pairs that share of the heads agree on (`gated_erm_pairs`), several per
+        prompt, never the oracle's own duel. Returns the pairs and the prompt of each."""
+        sub, mask = sel.rewards[:, rows], sel.mask[rows]
+        if self.erm.cfg.erm_gate is None:
+            pairs = erm_labelled_pairs(sub, self.generator, mask)
+            keep = [i for i, tied in enumerate(pairs.clashed.tolist()) if not tied][:wanted]
+            at, chosen, rejected = torch.tensor(keep, dtype=torch.long), pairs.first[keep], pairs.second[keep]
+        else:
+            at, chosen, rejected = gated_erm_pairs(sub, self.erm.cfg.erm_gate, mask)
+            index = torch.tensor(rows)[at]
+            first, second = sel.choice.first[index], sel.choice.second[index]
+            fresh = ~(((chosen == first) & (rejected == second)) | ((chosen == second) & (rejected == first)))
+            at, chosen, rejected = at[fresh][:wanted], chosen[fresh][:wanted], rejected[fresh][:wanted]
+        prompts = [rows[i] for i in at.tolist()]
         return (
             Preferences(
-                prompts=[sel.candidates.prompts[rows[i]] for i in keep],
-                chosen=[responses[i][pairs.first[i]] for i in keep],
-                rejected=[responses[i][pairs.second[i]] for i in keep],
+                prompts=[sel.candidates.prompts[r] for r in prompts],
+                chosen=[sel.candidates.responses[r][c] for r, c in zip(prompts, chosen.tolist())],
+                rejected=[sel.candidates.responses[r][c] for r, c in zip(prompts, rejected.tolist())],
             ),
-            [rows[i] for i in keep],
+            prompts,
         )
 
     # -- learning -------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from sealign.config import (
     ModelConfig,
     OracleConfig,
     PolicyConfig,
+    PreferenceModelConfig,
     SFTConfig,
     TaskConfig,
     TrainConfig,
@@ -35,7 +36,7 @@ from sealign.data import PromptRecord
 from sealign.errors import SealignError
 from sealign.evaluate import evaluate_policy, win_stats
 from sealign.learner import Learner, LearnerConfig, NonFiniteLoss
-from sealign.models import load_models, save_policy
+from sealign.models import erm_backbone_source, fingerprint, load_models, preference_model_source, save_policy
 from sealign.oracles import make_oracle
 from sealign.policy import check_fits, sequence_logprobs
 from sealign.progress import progress_bar
@@ -125,6 +126,7 @@ def _configs_from_folder(folder: RunFolder) -> dict:
             "erm": ERMConfig(**saved.get("erm", {})),
             "model": ModelConfig(**saved.get("model", {})),
             "data": DataConfig(**saved.get("data", {})),
+            "pm": PreferenceModelConfig(**saved.get("pm", {})),
             "backend": saved.get("backend", {}),
             "train": TrainConfig(**{**saved["train"], "out": None, "resume": str(folder.path)}),
             "reference": saved["reference"],
@@ -160,6 +162,7 @@ def train(
     data_cfg: DataConfig | None = None,
     backend_cfg: BackendConfig | None = None,
     *,
+    pm_cfg: PreferenceModelConfig | None = None,
     progress: bool = True,
 ) -> dict:
     """Run (or resume) one agent until the budget is spent; returns the summary.
@@ -167,13 +170,13 @@ def train(
     A resumed run keeps its saved settings, except where `backend_cfg` places the work (backend,
     cluster, resources): that changes no label."""
     erm_cfg, model_cfg, data_cfg = erm_cfg or ERMConfig(), model_cfg or ModelConfig(), data_cfg or DataConfig()
-    backend_cfg = backend_cfg or BackendConfig()
+    backend_cfg, pm_cfg = backend_cfg or BackendConfig(), pm_cfg or PreferenceModelConfig()
     resume = cfg.resume is not None
     folder = RunFolder(cfg.resume or cfg.out, resume=resume)
     if resume:
         saved = _configs_from_folder(folder)
-        task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, cfg = (
-            saved[k] for k in ("task", "policy", "sft", "oracle", "erm", "model", "data", "train")
+        task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, pm_cfg, cfg = (
+            saved[k] for k in ("task", "policy", "sft", "oracle", "erm", "model", "data", "pm", "train")
         )
         backend_cfg = dataclasses.replace(backend_cfg, **{k: v for k, v in saved["backend"].items() if k in BackendConfig.ALGORITHM})
     else:
@@ -185,6 +188,7 @@ def train(
             "erm": dataclasses.asdict(erm_cfg),
             "model": dataclasses.asdict(model_cfg),
             "data": dataclasses.asdict(data_cfg),
+            "pm": dataclasses.asdict(pm_cfg),
             "backend": dataclasses.asdict(backend_cfg),
             "train": {**dataclasses.asdict(cfg), "out": None, "resume": None},
         }
@@ -194,26 +198,42 @@ def train(
     task = make_task(task_cfg)
     # user data is read and checked before any model is loaded
     user = load_user_data(data_cfg, task.check_record if oracle_cfg.kind == "task" else None) if data_cfg.data else None
+    backbone, pooling = erm_backbone_source(erm_cfg, task_cfg, pm_cfg, model_cfg, data_cfg, progress=progress) if agent.learn_erm else (None, "")
+    labeller_spec = oracle_cfg.train_oracle
+    if labeller_spec == "pm":
+        labeller_spec = "rm:" + preference_model_source(task_cfg, pm_cfg, model_cfg, data_cfg, "--train-oracle pm", progress=progress)
     models = load_models(model_cfg, task_cfg, policy_cfg, sft_cfg, progress=progress)
+    backbone = backbone or (models.ref_source if agent.learn_erm else None)
     if resume and saved["reference"] != models.fingerprint:
         raise SealignError(
             f"the reference policy {models.ref_source} differs from the one this run started from "
             f"(weights {models.fingerprint} != {saved['reference']}): resuming would change pi_ref"
         )
+    # what else a resume must find unchanged (pi_ref's weights are checked above, so a backbone
+    # that is pi_ref is not hashed twice)
+    frozen = {"erm_backbone": fingerprint(backbone) if backbone not in (None, models.ref_source) else None, "train_oracle": labeller_spec}
+    changed = [k.replace("_", " ") for k, v in frozen.items() if resume and saved.get(k) != v]
+    if changed:
+        raise SealignError(f"the {' and the '.join(changed)} differ from this run's start: resuming would change them")
     model, tokenizer = models.policy, models.tokenizer
     max_new_tokens = model_cfg.max_new_tokens or task.max_new_tokens
     limit = data_cfg.max_prompt_tokens
     train_records, skipped_train, longest_train = drop_long(user.train if user else task.records("train"), tokenizer, limit)
     holdout, skipped_eval, longest_eval = drop_long(user.eval if user else task.records("holdout"), tokenizer, limit)
     check_fits(model, max(longest_train, longest_eval), max_new_tokens)
-    oracle = make_oracle(oracle_cfg, task)
+    judge = make_oracle(oracle_cfg, task)  # judges the evaluation, always
+    oracle = judge  # labels the training duels: the same oracle unless --train-oracle names another
+    if labeller_spec is not None:
+        oracle_cfg = dataclasses.replace(oracle_cfg, oracle=labeller_spec, oracle_temperature=None, train_oracle=None)
+        oracle = make_oracle(oracle_cfg, task)
     on_ray = backend_cfg.backend == "ray"
     if on_ray:  # imported only here: the local backend never loads Ray
         from sealign import distributed
 
         distributed.connect(backend_cfg)
         if backend_cfg.oracle_actors and distributed.poolable(oracle_cfg):
-            oracle = distributed.RayOraclePool(oracle, backend_cfg)
+            pooled = distributed.RayOraclePool(oracle, backend_cfg)
+            judge, oracle = (pooled, pooled) if judge is oracle else (judge, pooled)
     learner = Learner(
         model,
         tokenizer,
@@ -253,14 +273,15 @@ def train(
         cfg.explore,
         cfg.seed,
         erm_cfg if agent.learn_erm else None,
-        models.ref_source,
+        backbone,
+        pooling,
         policy_logprobs=policy_logprobs,
         beta=cfg.beta,
         entropy=cfg.apl_entropy,
         device=model_cfg.device,
     )
     if not resume:  # everything that can fail on bad input has been built: now the run exists
-        folder.create({**config, "reference": models.fingerprint})
+        folder.create({**config, "reference": models.fingerprint, **frozen})
     stream = PromptStream(train_records, cfg.seed)
     state = LoopState()
     # batches handed to the actors and not used yet: empty between steps unless --async
@@ -301,11 +322,12 @@ def train(
 
     eval_cfg = EvalConfig(best_of=cfg.eval_bon)
     scorer = explorer.mean_reward if cfg.eval_bon > 1 else None
+    gated = agent.self_align and erm_cfg.erm_gate is not None  # B_ERM comes from the oracle's own prompts
 
     def evaluate() -> dict:
         with Timer(state.timers, "eval"):
             stats = evaluate_policy(
-                learner.model, tokenizer, oracle, holdout, eval_cfg, max_new_tokens=max_new_tokens, scorer=scorer
+                learner.model, tokenizer, judge, holdout, eval_cfg, max_new_tokens=max_new_tokens, scorer=scorer
             )
         state.eval_calls += len(holdout)
         row = {
@@ -340,13 +362,14 @@ def train(
     def collect(target: int, erm_wanted: int) -> Preferences:
         """Ask the oracle about duels until `target` labels exist in all (replayed from the ledger
         on resume), and gather `erm_wanted` ERM-labelled pairs from other prompts of the same
-        batches. Surplus duels go unasked, so an online batch never holds stale labels; a batch
+        batches (with the gate: from every prompt, as many as the ensemble agrees on, none drawn
+        for them alone). Surplus duels go unasked, so an online batch never holds stale labels; a batch
         that comes up short (identical duels, a judge's unparseable answer) is topped up with only
         as many prompts as pairs are still missing."""
         erm_batch = Preferences([], [], [])
-        while state.collected < target or len(erm_batch) < erm_wanted:
+        while state.collected < target or (len(erm_batch) < erm_wanted and not gated):
             if not queue:
-                submit_next(target - state.collected + erm_wanted - len(erm_batch))
+                submit_next(target - state.collected + (0 if gated else erm_wanted - len(erm_batch)))
             records, pending = queue.popleft()
             with Timer(state.timers, "generate"):  # with --async, only the wait for the actors
                 candidates = pending.result()
@@ -361,8 +384,8 @@ def train(
                     state.identical_skipped += 1  # two identical answers: not asked, not charged
                 else:
                     asked.append(i)
-            taken = set(asked)
-            rows = [i for i in sel.rows if i not in taken][: erm_wanted - len(erm_batch)]
+            taken = set() if gated else set(asked)  # the gate labels other pairs of the asked prompts too
+            rows = [i for i in sel.rows if i not in taken][: None if gated else erm_wanted - len(erm_batch)]
             with Timer(state.timers, "oracle"):
                 kept, z = folder.queries.label(sel.duels.subset(asked), state.collected, state.step, oracle) if asked else ([], None)
             unjudged = len(asked) - len(kept)
@@ -370,9 +393,12 @@ def train(
             asked = [asked[i] for i in kept]
             with Timer(state.timers, "select"):
                 figures = explorer.observe(sel, asked, z) if asked else {}
-                if rows:
-                    pairs, rows = explorer.erm_labelled(sel, rows)
+                pairs = None
+                if rows and erm_wanted > len(erm_batch):
+                    pairs, rows = explorer.erm_labelled(sel, rows, erm_wanted - len(erm_batch))
                     erm_batch = erm_batch + pairs
+                else:
+                    rows = []
             state.collected += len(asked)
             state.idle_batches = 0 if asked or rows else state.idle_batches + 1
             if state.idle_batches >= MAX_IDLE_BATCHES:
@@ -384,7 +410,7 @@ def train(
                     "raise --train-temperature or --num-candidates"
                 )
             with Timer(state.timers, "eval"):
-                figures.update(diagnose(records, sel, pairs if rows else None))
+                figures.update(diagnose(records, sel, pairs))
             state.record(
                 {**figures, "clash_rate": sel.choice.clashed.double().mean().item(), "staleness": actor.version - candidates.version}
             )
@@ -397,18 +423,18 @@ def train(
         margins |r*(y) - r*(y')| than random pairs of the same candidates (the informativeness
         active exploration aims for)."""
         prompts, refs = [r.prompt for r in records], [r.reference for r in records]
-        probs = torch.cat([oracle.compare(prompts, sel.duels.first, refs), oracle.compare(prompts, sel.duels.second, refs)])
+        probs = torch.cat([judge.compare(prompts, sel.duels.first, refs), judge.compare(prompts, sel.duels.second, refs)])
         state.eval_calls += 2 * len(prompts)
         out = {"online_win_rate": win_stats(probs)["win_rate"]}
         if erm_pairs is not None and len(erm_pairs):
-            probs = oracle.compare(erm_pairs.prompts, erm_pairs.chosen, erm_pairs.rejected)
+            probs = judge.compare(erm_pairs.prompts, erm_pairs.chosen, erm_pairs.rejected)
             state.eval_calls += len(erm_pairs)
             judged = probs[~torch.isnan(probs)]  # a judge may leave some unanswered
             if len(judged):
                 out["erm_label_accuracy"] = (judged > 0.5).double().mean().item()
-        if agent.learn_erm and oracle.scores:
+        if agent.learn_erm and judge.scores:
             m = sel.candidates.num_candidates
-            true = oracle.score(*sel.candidates.flat()).reshape(len(prompts), m)  # (P, M)
+            true = judge.score(*sel.candidates.flat()).reshape(len(prompts), m)  # (P, M)
             rows_ = torch.arange(len(prompts))
             chosen_gap = (true[rows_, sel.choice.first] - true[rows_, sel.choice.second]).abs()
             side = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.collected)  # leaves the run's RNGs alone

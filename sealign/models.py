@@ -12,7 +12,8 @@ from typing import Optional
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from sealign.config import ModelConfig, PolicyConfig, SFTConfig, TaskConfig
+from sealign.config import DataConfig, ERMConfig, ModelConfig, PolicyConfig, PreferenceModelConfig, SFTConfig, TaskConfig
+from sealign.errors import SealignError
 from sealign.policy import load_policy
 from sealign.sft import ensure_reference, weights_fingerprint
 
@@ -49,6 +50,43 @@ def load_models(
         policy = add_lora(policy, cfg.lora_r, cfg.lora_alpha)
     stamp = fingerprint(source) if cfg.ref is None else f"{fingerprint(source)}+{fingerprint(cfg.ref)}"
     return Models(policy, tokenizer, ref, ref_source, stamp)
+
+
+PI_REF, PREFERENCE_MODEL = "pi_ref", "pm"  # --erm-backbone names for the reference policy and the task's preference model
+
+
+def on_builtin_task(model_cfg: ModelConfig, data_cfg: DataConfig) -> bool:
+    """Whether a run aligns the built-in pi_ref on the built-in task's data: only there does the
+    task's pretrained preference model know the words it reads."""
+    return model_cfg.policy is None and data_cfg.data is None
+
+
+def preference_model_source(
+    task_cfg: TaskConfig, pm_cfg: PreferenceModelConfig, model_cfg: ModelConfig, data_cfg: DataConfig, flag: str, *, progress: bool = True
+) -> str:
+    """The folder of the built-in task's preference model, built first if absent."""
+    from sealign.preference_model import ensure_preference_model
+
+    if not on_builtin_task(model_cfg, data_cfg):
+        raise SealignError(f"{flag}: the pretrained preference model belongs to the built-in task; with --policy or --data name a model")
+    return str(ensure_preference_model(task_cfg, pm_cfg, progress=progress).path)
+
+
+def erm_backbone_source(
+    erm_cfg: ERMConfig, task_cfg: TaskConfig, pm_cfg: PreferenceModelConfig, model_cfg: ModelConfig, data_cfg: DataConfig,
+    *, progress: bool = True,
+) -> tuple[Optional[str], str]:  # fmt: skip
+    """Which frozen transformer the ERM reads (None: pi_ref, the default), and how its states are
+    pooled. `pm` is the built-in task's pretrained preference model, the analogue of the paper's
+    PairRM (§5.2), pooled by default at its last token, the state its own score reads (PairRM's
+    features are likewise states at marker tokens, not pooled)."""
+    if erm_cfg.erm_backbone in (None, PI_REF):
+        return None, erm_cfg.erm_pooling or "mean"
+    if erm_cfg.erm_backbone != PREFERENCE_MODEL:
+        return erm_cfg.erm_backbone, erm_cfg.erm_pooling or "mean"
+    if erm_cfg.erm_logprobs:
+        raise SealignError("--erm-logprobs reads a causal LM's log-probs; the preference model is a reward model: drop one of them")
+    return preference_model_source(task_cfg, pm_cfg, model_cfg, data_cfg, "--erm-backbone pm", progress=progress), erm_cfg.erm_pooling or "last"
 
 
 def add_lora(model: PreTrainedModel, rank: int, alpha: float) -> PreTrainedModel:

@@ -14,6 +14,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ def reference_dir(task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTCo
 
 
 @dataclass
-class SFTResult:
+class CachedModel:
     path: Path
     reused: bool
     meta: dict
@@ -85,11 +86,7 @@ def train_sft(task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig
             batch_prompts = [prompts[i] for i in rng.integers(len(prompts), size=sft_cfg.sft_batch_size)]
             demos = [task.demonstration(p, rng) for p in batch_prompts]
             loss = sft_loss(model, encode_pairs(tokenizer, batch_prompts, demos))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
+            clipped_step(model, optimizer, scheduler, loss)
             losses.append(loss.item())
             bar.update(job, advance=1, info=f"loss {np.mean(losses[-20:]):.3f}")
     model.eval()
@@ -98,18 +95,26 @@ def train_sft(task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig
 
 def ensure_reference(
     task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, *, progress: bool = True
-) -> SFTResult:
+) -> CachedModel:
     """Return the cached pi_ref for these configs, training and saving it first if absent."""
-    final = reference_dir(task_cfg, policy_cfg, sft_cfg)
+
+    def build():
+        model, tokenizer, losses = train_sft(task_cfg, policy_cfg, sft_cfg, progress=progress)
+        return model, tokenizer, losses, {"task": asdict(task_cfg), "policy": asdict(policy_cfg), "sft": asdict(sft_cfg)}
+
+    return cached_model(reference_dir(task_cfg, policy_cfg, sft_cfg), build)
+
+
+def cached_model(final: Path, build: Callable[[], tuple]) -> CachedModel:
+    """The model cached at `final`, or the one `build()` trains — (model, tokenizer, per-step
+    losses, its settings and figures) — saved there first with its meta (sft.json)."""
     if (final / META_FILE).is_file():
-        return SFTResult(final, True, json.loads((final / META_FILE).read_text()))
+        return CachedModel(final, True, json.loads((final / META_FILE).read_text()))
     start = time.time()
-    model, tokenizer, losses = train_sft(task_cfg, policy_cfg, sft_cfg, progress=progress)
+    model, tokenizer, losses, facts = build()
     window = max(1, min(50, len(losses) // 10))
     meta = {
-        "task": asdict(task_cfg),
-        "policy": asdict(policy_cfg),
-        "sft": asdict(sft_cfg),
+        **facts,
         "parameters": num_parameters(model),
         "loss_first": float(np.mean(losses[:window])),
         "loss_last": float(np.mean(losses[-window:])),
@@ -117,7 +122,22 @@ def ensure_reference(
         "seconds": round(time.time() - start, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    # Write into a private folder and rename it into place, so a crash never leaves a half cache.
+    save_to_cache(model, tokenizer, meta, final)
+    return CachedModel(final, False, meta)
+
+
+def clipped_step(model: torch.nn.Module, optimizer, scheduler, loss: torch.Tensor) -> None:
+    """One optimizer step on `loss` with gradients clipped to norm 1, then the schedule's."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+
+
+def save_to_cache(model, tokenizer, meta: dict, final: Path) -> None:
+    """Write a model folder with its `sft.json`-style meta into a private folder and rename it into
+    place, so a crash never leaves a half cache and two builders never mix their files."""
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -128,4 +148,3 @@ def ensure_reference(
         os.replace(tmp, final)
     except OSError:  # another process finished first: keep its copy
         shutil.rmtree(tmp, ignore_errors=True)
-    return SFTResult(final, False, meta)

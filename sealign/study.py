@@ -191,6 +191,10 @@ OFFLINE = {loss: flags.replace("online", "offline") for loss, flags in ONLINE.it
 SEA = {loss: flags.replace("online", "sea") for loss, flags in ONLINE.items()}
 APL, XPO = "--agent apl --loss dpo", "--agent xpo --loss dpo"
 CONTENDERS = {"online dpo": ONLINE["dpo"], "sea dpo": SEA["dpo"], "apl": APL, "xpo": XPO}
+# The demo's arms: online DPO at its best screened setting, and SEA-DPO with the same optimiser and
+# the ERM features that did best on seeds 100-101 (examples/sea-screen.yaml)
+BEST_ONLINE_DPO = "--agent online --loss dpo --beta 0.05 --lr-schedule constant_with_warmup"
+BEST_SEA_DPO = BEST_ONLINE_DPO.replace("online", "sea") + " --erm-backbone pi_ref --erm-layer 0 --erm-logprobs"
 
 PRESETS: dict[str, dict] = {
     "fig1": {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sealign.config import OracleConfig, PolicyConfig, SFTConfig, TaskConfig
+from sealign.config import OracleConfig, PolicyConfig, PreferenceModelConfig, SFTConfig, TaskConfig
 from sealign.oracles import RewardOracle
 from sealign.tasks import make_task
 
@@ -34,6 +34,8 @@ def oracle(task):
 
 
 QUICK_SFT = SFTConfig(sft_steps=30, sft_batch_size=16, sft_lr=1e-3, sft_warmup=5)
+QUICK_PM = PreferenceModelConfig(pm_steps=20, pm_batch_size=16)
+QUICK_PM_FLAGS = ["--pm-steps", "20", "--pm-batch-size", "16"]
 TINY = PolicyConfig(size="tiny")
 
 

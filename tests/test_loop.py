@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import QUICK_SFT, TINY
+from conftest import QUICK_PM, QUICK_PM_FLAGS, QUICK_SFT, TINY
 from sealign.cli import main
 from sealign.agents import AGENTS
 from sealign.config import ERMConfig, OracleConfig, TrainConfig
@@ -23,7 +23,7 @@ from sealign.loop import PromptStream, train
 from sealign.policy import build_policy, sequence_logprobs
 from sealign.records import Preferences
 
-SMALL = ["--n-train", "300", "--n-holdout", "40", "--sft-steps", "30", "--sft-batch-size", "16", "--sft-warmup", "5"]
+SMALL = ["--n-train", "300", "--n-holdout", "40", "--sft-steps", "30", "--sft-batch-size", "16", "--sft-warmup", "5", *QUICK_PM_FLAGS]
 
 
 def run_cfg(out, **kw) -> TrainConfig:
@@ -274,7 +274,7 @@ def test_erm_labelled_pairs_never_reach_the_oracle_nor_the_budget(tmp_path, task
 
     monkeypatch.setattr(learner_mod.Learner, "step", step)
     monkeypatch.setattr(RewardOracle, "label", label)
-    summary = train(_tiny_sea(tmp_path / "r", budget=64, batch_size=16), task_cfg, TINY, QUICK_SFT, OracleConfig(), ERM_TINY, progress=False)
+    summary = train(_tiny_sea(tmp_path / "r", budget=64, batch_size=16), task_cfg, TINY, QUICK_SFT, OracleConfig(), ERM_TINY, pm_cfg=QUICK_PM, progress=False)
     rows = ledger(tmp_path / "r")
     assert summary["queries"] == len(rows) == len(asked) == 64  # every oracle label is one query
     assert [(r["prompt"], r["first"], r["second"]) for r in rows] == asked

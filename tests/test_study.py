@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import QUICK_PM_FLAGS
 from sealign.cli import main
 from sealign.errors import SealignError
 from sealign.study import (
@@ -33,7 +34,7 @@ from sealign.study import (
 )
 
 PNG = b"\x89PNG\r\n\x1a\n"
-SMALL = "--n-train 300 --n-holdout 40 --sft-steps 30 --sft-batch-size 16 --sft-warmup 5"
+SMALL = "--n-train 300 --n-holdout 40 --sft-steps 30 --sft-batch-size 16 --sft-warmup 5 " + " ".join(QUICK_PM_FLAGS)
 
 
 def test_mean_se_by_hand():
@@ -242,7 +243,7 @@ def test_study_skips_finished_and_resumes_interrupted_runs(tmp_path):
 
 def test_demo_runs_online_and_sea_and_compares_them(tmp_path, capsys):
     out = tmp_path / "demo"
-    argv = ["demo", *SMALL.split(), "--budget", "32", "--eval-every", "16", "--out", str(out), "--quiet"]
+    argv = ["demo", *SMALL.split()[: -len(QUICK_PM_FLAGS)], "--budget", "32", "--eval-every", "16", "--out", str(out), "--quiet"]
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "online dpo" in table and "sea dpo" in table and "queries to reach" in table

@@ -5,6 +5,19 @@ A prompt x is a "post": distinct words from a shipped word list, followed by the
 plays the part of the paper's reward-model oracle (Skywork-Reward): each word of the
 vocabulary has a hidden salience drawn from ``task_seed``, and a good summary mentions the
 post's salient words, concisely, without words foreign to the post or repetitions.
+
+The *public judge* plays the part of the data the paper's ERM backbone (PairRM) was pretrained
+on: general human preferences, which correlate with the oracle's but are not its. It knows the
+universal rules exactly (words outside the post, repeats, length, an empty summary: what any
+annotator of summaries agrees on) and judges *what matters in a post* by a public salience
+s_pub = 1/2 + ρ (s - 1/2) + √(1 - ρ²) (u - 1/2), u ~ U(0, 1) drawn apart from s, so s_pub has
+the mean and variance of s and correlation ρ with it. ρ = 1/√2 was fixed before any SEA run,
+from first principles, not tuned: it splits the public salience's variance into equal shared
+and private halves, as nothing says that a preference model trained on other people's
+comparisons knows more of this oracle's taste than it misses. Two judges with that correlation
+order two words of a post alike about 1/2 + arcsin(ρ)/π = 3/4 of the time, the order of the
+agreement between two human annotators of summaries. The preference model of
+`sealign.preference_model` learns the public judge from pairs no oracle ever labelled.
 """
 
 from __future__ import annotations
@@ -13,6 +26,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from typing import TYPE_CHECKING, Mapping, Sequence
+
+import math
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -89,12 +104,15 @@ class KeywordsTask:
     max_new_tokens = 12  # generation budget: room for overlong summaries, which are penalised
     writer_misjudgement = 0.5  # std of the SFT writer's fixed per-word salience error
     writer_noise = 0.3  # std of the SFT writer's fresh per-summary salience noise
+    pretraining_edit_share = 0.5  # share of pretraining pairs whose second summary is an edit of the first
+    public_correlation = 1 / math.sqrt(2)  # corr(s_pub, s) of the public judge: see the module docstring
 
     def __init__(self, cfg: TaskConfig, weights: RewardWeights = RewardWeights()):
         self.cfg = cfg
         self.weights = weights
         self.words = load_word_list()
-        salience_seq, train_seq, holdout_seq, writer_seq = np.random.SeedSequence(cfg.task_seed).spawn(4)
+        # spawn(6)[:4] equals spawn(4): adding streams changed none of the earlier ones
+        salience_seq, train_seq, holdout_seq, writer_seq, public_seq, pretrain_seq = np.random.SeedSequence(cfg.task_seed).spawn(6)
         self._split_seeds = {"train": train_seq, "holdout": holdout_seq}
         self._split_sizes = {"train": cfg.n_train, "holdout": cfg.n_holdout}
         # Hidden salience s(w) ~ U(0, 1) per vocabulary word: about half are worth mentioning.
@@ -102,6 +120,10 @@ class KeywordsTask:
         self.salience: dict[str, float] = dict(zip(self.words, values.tolist()))
         errors = np.random.default_rng(writer_seq).normal(0.0, self.writer_misjudgement, len(self.words))
         self.writer_bias: dict[str, float] = dict(zip(self.words, errors.tolist()))
+        rho, u = self.public_correlation, np.random.default_rng(public_seq).uniform(0.0, 1.0, len(self.words))
+        public = 0.5 + rho * (values - 0.5) + math.sqrt(1 - rho**2) * (u - 0.5)
+        self.public_salience: dict[str, float] = dict(zip(self.words, public.tolist()))
+        self.pretraining_seed = pretrain_seq  # posts and summaries the preference model learns from
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -150,6 +172,59 @@ class KeywordsTask:
             keywords_reward(post_words(x), y.split(), self.salience, self.weights) for x, y in zip(prompts, responses)
         ]
 
+    def public_reward(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """The public judge's reward: r* with the public salience s_pub in place of s (module docstring)."""
+        return [
+            keywords_reward(post_words(x), y.split(), self.public_salience, self.weights) for x, y in zip(prompts, responses)
+        ]
+
+    def pretraining_pairs(self, n: int, rng: np.random.Generator) -> list[tuple[str, str, str]]:
+        """n (prompt, summary a, summary b) triples for pretraining a preference model, on fresh posts.
+
+        Summaries are drawn without regard to any salience: a random number of post words in post
+        order, sometimes with words from outside the post, a repeat or too many words. Half of the
+        second summaries are the first with one word added, dropped or swapped, so that close
+        pairs (as a policy's samples are) are common; the other half are drawn afresh.
+        """
+        vocab = np.array(self.words)
+        lo, hi = self.post_length
+        out = []
+        for _ in range(n):
+            post = vocab[rng.choice(len(vocab), size=rng.integers(lo, hi + 1), replace=False)].tolist()
+            a = self._random_summary(post, rng)
+            b = self._edit(post, a, rng) if rng.random() < self.pretraining_edit_share else self._random_summary(post, rng)
+            out.append((" ".join([*post, MARKER]), " ".join(a), " ".join(b)))
+        return out
+
+    def _random_summary(self, post: list[str], rng: np.random.Generator) -> list[str]:
+        k = int(rng.integers(0, min(len(post), self.weights.max_words + 2) + 1))
+        words = [post[i] for i in sorted(rng.choice(len(post), size=k, replace=False).tolist())]
+        for _ in range(rng.binomial(3, 0.25)):  # words foreign to the post
+            words.insert(int(rng.integers(len(words) + 1)), self.words[int(rng.integers(len(self.words)))])
+        for _ in range(rng.binomial(2, 0.15) if words else 0):  # repeats
+            words.insert(int(rng.integers(len(words) + 1)), words[int(rng.integers(len(words)))])
+        return words
+
+    def _edit(self, post: list[str], summary: list[str], rng: np.random.Generator) -> list[str]:
+        """`summary` with one edit: a post word added, a word dropped, a word swapped for another
+        post word, a word from outside the post put in, or a word repeated."""
+        out = list(summary)
+        unused = [w for w in post if w not in out]
+        moves = ["foreign"] + (["add"] if unused else []) + (["drop", "repeat"] if out else []) + (["swap"] if out and unused else [])
+        move = moves[int(rng.integers(len(moves)))]
+        at = int(rng.integers(len(out) + 1))
+        if move == "drop":
+            del out[int(rng.integers(len(out)))]
+        elif move == "add":
+            out.insert(at, unused[int(rng.integers(len(unused)))])
+        elif move == "swap":
+            out[int(rng.integers(len(out)))] = unused[int(rng.integers(len(unused)))]
+        elif move == "foreign":
+            out.insert(at, self.words[int(rng.integers(len(self.words)))])
+        else:
+            out.insert(at, out[int(rng.integers(len(out)))])
+        return out
+
     def optimal_summary(self, prompt: str) -> str:
         """argmax_y r*(x, y): the (at most max_words) most salient post words worth their cost, in post order.
 
@@ -183,12 +258,16 @@ class KeywordsTask:
     def build_tokenizer(self) -> PreTrainedTokenizerFast:
         """A word-level tokenizer over the word list, wrapped as a transformers fast tokenizer.
 
-        Encoding a text prepends <bos> (as Llama tokenizers do); responses end with <eos>.
+        Encoding a text prepends <bos> (as Llama tokenizers do); responses end with <eos>, and so
+        does a (prompt, response) text pair.
         """
         vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, MARKER, *self.words])}
         core = Tokenizer(WordLevel(vocab, unk_token=UNK))
         core.pre_tokenizer = WhitespaceSplit()
-        core.post_processor = TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, vocab[BOS])])
+        # a pair (prompt, response), as a reward model reads it, is <bos> prompt response <eos>
+        core.post_processor = TemplateProcessing(
+            single=f"{BOS} $A", pair=f"{BOS} $A $B:1 {EOS}:1", special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])]
+        )
         return PreTrainedTokenizerFast(
             tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK, padding_side="left"
         )

@@ -1,0 +1,149 @@
+"""The built-in task's pretrained preference model and confidence-gated self-labelling."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForSequenceClassification
+
+from conftest import QUICK_PM, QUICK_PM_FLAGS, QUICK_SFT, TINY
+from sealign.cli import main
+from sealign.config import ERMConfig, OracleConfig, TaskConfig, TrainConfig
+from sealign.erm import Backbone
+from sealign.explore import gated_erm_pairs, head_agreement
+from sealign.loop import train
+from sealign.preference_model import ensure_preference_model, preference_model_dir
+from sealign.sft import weights_fingerprint
+from sealign.tasks.keywords import KeywordsTask
+
+
+def test_public_salience_has_the_documented_correlation(task):
+    """s_pub = 1/2 + rho (s - 1/2) + sqrt(1 - rho^2) (u - 1/2) with u independent of s: over 396 words the
+    sample correlation lies near rho = 1/sqrt(2) (its standard error is about (1 - rho^2)/sqrt(n) = 0.025)."""
+    s = torch.tensor([task.salience[w] for w in task.words])
+    pub = torch.tensor([task.public_salience[w] for w in task.words])
+    assert torch.corrcoef(torch.stack([s, pub]))[0, 1].item() == pytest.approx(2**-0.5, abs=0.08)
+    assert pub.mean().item() == pytest.approx(0.5, abs=0.05)
+    post = task.records("train")[0].prompt
+    assert task.public_reward([post], [""]) == task.reward([post], [""]) == [-2.0]  # the universal rules are the oracle's
+
+
+def test_built_deterministically_from_its_seed_without_any_oracle_label(tmp_path, monkeypatch, task_cfg):
+    def no_oracle(*args, **kwargs):
+        raise AssertionError("the preference model must never see the oracle's reward")
+
+    monkeypatch.setattr(KeywordsTask, "reward", no_oracle)
+    fingerprints = []
+    for home in ("a", "b"):
+        monkeypatch.setenv("SEALIGN_HOME", str(tmp_path / home))
+        built = ensure_preference_model(task_cfg, QUICK_PM, progress=False)
+        assert not built.reused and built.path == preference_model_dir(task_cfg, QUICK_PM)
+        fingerprints.append(weights_fingerprint(built.path))
+    assert fingerprints[0] == fingerprints[1]
+    assert ensure_preference_model(task_cfg, QUICK_PM, progress=False).reused  # cached by its settings
+    other = ensure_preference_model(task_cfg, type(QUICK_PM)(pm_steps=20, pm_batch_size=16, pm_seed=1), progress=False)
+    assert weights_fingerprint(other.path) != fingerprints[0]
+
+
+def test_loads_by_path_through_transformers(task_cfg, task):
+    path = ensure_preference_model(task_cfg, QUICK_PM, progress=False).path
+    rm = AutoModelForSequenceClassification.from_pretrained(path)
+    assert rm.config.num_labels == 1
+    assert AutoModel.from_pretrained(path).config.hidden_size == Backbone(path).width
+    from sealign.oracles import make_oracle
+
+    oracle = make_oracle(OracleConfig(oracle=f"rm:{path}"))  # the prior as an oracle of its own
+    record = task.records("holdout")[0]
+    assert oracle.compare([record.prompt], [record.reference], [""]).shape == (1,)
+
+
+def test_gate_never_keeps_a_pair_the_heads_disagree_on():
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(50):
+        k, p, m = 2 + trial % 7, 1 + trial % 5, 2 + trial % 6
+        rewards = torch.randn(k, p, m, generator=generator).round(decimals=1)  # ties happen
+        mask = torch.rand(p, m, generator=generator) > 0.2
+        for share in (0.6, 0.8, 1.0):
+            prompt, chosen, rejected = gated_erm_pairs(rewards, share, mask)
+            agree = (rewards[:, prompt, chosen] > rewards[:, prompt, rejected]).double().mean(0)
+            assert bool((agree >= share).all())
+            assert bool(mask[prompt, chosen].all() and mask[prompt, rejected].all()) and bool((chosen != rejected).all())
+            best = rewards.mean(0).masked_fill(~mask, float("-inf")).argmax(1)
+            assert bool((chosen == best[prompt]).all())  # the ensemble-mean best is the chosen response
+            assert len(set(zip(prompt.tolist(), rejected.tolist()))) == len(prompt)  # no pair twice
+
+
+def test_gate_orders_pairs_by_round():
+    """Two prompts, three candidates, one head (share 1): prompt 0 ranks 2 > 1 > 0, prompt 1 ranks 0 > 2 > 1.
+    Round 1 pairs each prompt's best with its worst, round 2 with the runner-up."""
+    rewards = torch.tensor([[[0.0, 1.0, 2.0], [5.0, 3.0, 4.0]]])
+    prompt, chosen, rejected = gated_erm_pairs(rewards, 1.0)
+    assert prompt.tolist() == [0, 1, 0, 1] and chosen.tolist() == [2, 0, 2, 0] and rejected.tolist() == [0, 1, 1, 2]
+    assert head_agreement(rewards, torch.tensor([2, 0])).tolist() == [[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]]
+
+
+def test_gated_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp_path, task_cfg, monkeypatch):
+    from sealign import learner as learner_mod
+    from sealign.oracles import RewardOracle
+
+    batches, asked = [], []
+    real_step, real_label = learner_mod.Learner.step, RewardOracle.label
+    monkeypatch.setattr(learner_mod.Learner, "step", lambda self, b, r=None: (batches.append(b), real_step(self, b, r))[1])
+    monkeypatch.setattr(RewardOracle, "label", lambda self, x, a, b: (asked.extend(zip(x, a, b)), real_label(self, x, a, b))[1])
+    cfg = TrainConfig(agent="sea", num_candidates=6, burn_in=0, gamma=0.25, batch_size=32, budget=64, eval_every=64, out=str(tmp_path / "r"))
+    erm = ERMConfig(erm_heads=4, erm_hidden=16, erm_gate=1.0, erm_backbone="pm")
+    summary = train(cfg, task_cfg, TINY, QUICK_SFT, OracleConfig(), erm, pm_cfg=QUICK_PM, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "r" / "queries.jsonl").read_text().splitlines()]
+    assert summary["queries"] == len(rows) == len(asked) == 64 and summary["prompts"] <= 64 + summary["identical_skipped"]
+    oracle_pairs = {(r["prompt"], r["first"], r["second"]) for r in rows} | {(r["prompt"], r["second"], r["first"]) for r in rows}
+    assert len(batches) == 8  # 8 oracle pairs a step: the ERM's pairs come from the same prompts, up to 24 more
+    erm_pairs = [(x, c, r) for b in batches for x, c, r in zip(b.prompts, b.chosen, b.rejected) if (x, c, r) not in oracle_pairs]
+    assert sum(len(b) for b in batches) == 64 + len(erm_pairs) and all(len(b) <= 32 for b in batches)
+    state = torch.load(tmp_path / "r" / "checkpoints" / "state.pt", weights_only=False)
+    assert len(state["explorer"]["erm"]["chosen"]) == 64  # the ERM's own data: oracle labels only
+
+
+def test_training_oracle_pm_labels_by_the_prior_and_evaluation_stays_the_oracles(tmp_path, task_cfg):
+    cfg = TrainConfig(budget=32, batch_size=16, eval_every=32, out=str(tmp_path / "r"))
+    train(cfg, task_cfg, TINY, QUICK_SFT, OracleConfig(train_oracle="pm"), pm_cfg=QUICK_PM, progress=False)
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    path = str(preference_model_dir(task_cfg, QUICK_PM))
+    assert saved["train_oracle"] == f"rm:{path}"
+    rm = AutoModelForSequenceClassification.from_pretrained(path)
+    from sealign.preference_model import rewards
+    from sealign.tasks import make_task
+
+    tokenizer = make_task(task_cfg).build_tokenizer()
+    rows = [json.loads(x) for x in (tmp_path / "r" / "queries.jsonl").read_text().splitlines()]
+    with torch.no_grad():
+        first = rewards(rm, tokenizer, [r["prompt"] for r in rows], [r["first"] for r in rows])
+        second = rewards(rm, tokenizer, [r["prompt"] for r in rows], [r["second"] for r in rows])
+    assert [r["first_wins"] for r in rows] == (first > second).tolist()
+    metrics = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["oracle_eval_calls"] == task_cfg.n_holdout  # the win rate is judged by the task's oracle
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--agent", "sea", "--erm-gate", "0.5"], "--erm-gate must be in (0.5, 1]"),
+        (["--agent", "sea", "--erm-backbone", "pm", "--erm-logprobs"], "the preference model is a reward model"),
+        (["--train-oracle", "oracle-of-delphi"], "unknown --train-oracle 'oracle-of-delphi'"),
+        (["--pm-steps", "0"], "--pm-steps must be positive"),
+    ],
+)
+def test_bad_input_is_one_line(capsys, tmp_path, argv, fragment):
+    code = main(["train", "--n-train", "300", "--n-holdout", "40", "--sft-steps", "30", "--sft-batch-size", "16", "--sft-warmup", "5",
+                 *QUICK_PM_FLAGS, *argv, "--out", str(tmp_path / "r"), "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and fragment in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_training_oracle_pm_refuses_a_users_data(capsys, tmp_path, prompts_jsonl):
+    code = main(["train", "--data", prompts_jsonl, "--eval-size", "10", "--train-oracle", "pm", "--out", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "belongs to the built-in task" in err[0]
+    assert not (tmp_path / "r").exists()  # refused before pi_ref or anything else was built
