@@ -183,8 +183,8 @@ class KeywordsTask:
 
         Summaries are drawn without regard to any salience: a random number of post words in post
         order, sometimes with words from outside the post, a repeat or too many words. Half of the
-        second summaries are the first with one word added, dropped or swapped, so that close
-        pairs (as a policy's samples are) are common; the other half are drawn afresh.
+        second summaries are the first after one edit (`_edit`), so that close pairs (as a
+        policy's samples are) are common; the other half are drawn afresh.
         """
         vocab = np.array(self.words)
         lo, hi = self.post_length
@@ -199,7 +199,7 @@ class KeywordsTask:
     def _random_summary(self, post: list[str], rng: np.random.Generator) -> list[str]:
         k = int(rng.integers(0, min(len(post), self.weights.max_words + 2) + 1))
         words = [post[i] for i in sorted(rng.choice(len(post), size=k, replace=False).tolist())]
-        for _ in range(rng.binomial(3, 0.25)):  # words foreign to the post
+        for _ in range(rng.binomial(3, 0.25)):  # any vocabulary word: nearly always foreign to the post
             words.insert(int(rng.integers(len(words) + 1)), self.words[int(rng.integers(len(self.words)))])
         for _ in range(rng.binomial(2, 0.15) if words else 0):  # repeats
             words.insert(int(rng.integers(len(words) + 1)), words[int(rng.integers(len(words)))])
