@@ -253,3 +253,22 @@ def test_demo_runs_online_and_sea_and_compares_them(tmp_path, capsys):
     stamps = [p.stat().st_mtime_ns for p in sorted((out / "runs").glob("*/queries.jsonl"))]
     assert main(argv) == 0  # a second demo reuses both runs
     assert [p.stat().st_mtime_ns for p in sorted((out / "runs").glob("*/queries.jsonl"))] == stamps
+
+
+def test_negative_first_seed_is_one_error_line(capsys, tmp_path):
+    assert main(["study", "fig7", "--out", str(tmp_path / "s"), "--first-seed", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--first-seed must be >= 0" in err[0]
+    assert not (tmp_path / "s").exists()
+
+
+def test_first_seed_moves_every_arms_seeds(tmp_path):
+    """A screen on seeds 100-101 writes runs ...-s100 and ...-s101, apart from the reported seeds' runs."""
+    spec = {"title": "t", "flags": f"{SMALL} --budget 32 --batch-size 16 --eval-every 32", "arms": {"online": "--agent online"}}
+    path = tmp_path / "screen.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["study", str(path), "--out", str(tmp_path / "s"), "--first-seed", "100", "--seeds", "2", "--jobs", "1", "--quiet"]) == 0
+    assert sorted(p.name[-4:] for p in (tmp_path / "s" / "runs").iterdir()) == ["s100", "s101"]
+    assert "Seeds 100, 101" in (tmp_path / "s" / "screen" / "report.md").read_text()
