@@ -70,11 +70,13 @@ def rewards(model, tokenizer, prompts: list[str], responses: list[str]) -> torch
 
 @torch.no_grad()
 def pairwise_agreement(model, tokenizer, prompts: list[str], chosen: list[str], rejected: list[str]) -> float:
-    """Share of pairs on which the model prefers `chosen`."""
-    wins = [
-        (rewards(model, tokenizer, prompts[i : i + 512] * 2, chosen[i : i + 512] + rejected[i : i + 512]).chunk(2)) for i in range(0, len(prompts), 512)
-    ]
-    return float(torch.cat([a > b for a, b in wins]).double().mean())
+    """Share of pairs on which the model prefers `chosen`, scored 512 pairs at a time."""
+    wins = []
+    for i in range(0, len(prompts), 512):
+        x, c, r = prompts[i : i + 512], chosen[i : i + 512], rejected[i : i + 512]
+        r_chosen, r_rejected = rewards(model, tokenizer, x * 2, c + r).chunk(2)
+        wins.append(r_chosen > r_rejected)
+    return float(torch.cat(wins).double().mean())
 
 
 def train_preference_model(task_cfg: TaskConfig, pm_cfg: PreferenceModelConfig, *, progress: bool = True):
