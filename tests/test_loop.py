@@ -289,18 +289,6 @@ def test_erm_labelled_pairs_never_reach_the_oracle_nor_the_budget(tmp_path, task
     assert {"erm_accuracy", "disagreement_selected", "clash_rate", "erm_loss"} <= set(metrics[-1])
 
 
-@pytest.mark.parametrize("agent", sorted(AGENTS))
-def test_every_agent_runs_through_the_cli(tmp_path, agent):
-    argv = ["train", *SMALL, "--agent", agent, "--budget", "48", "--batch-size", "16", "--eval-every", "48", "--quiet"]
-    if AGENTS[agent].learn_erm:
-        argv += ["--num-candidates", "4", "--erm-heads", "4", "--burn-in", "16"]
-    if AGENTS[agent].best_of_n:
-        argv += ["--eval-bon", "2"]
-    assert main([*argv, "--out", str(tmp_path / "r")]) == 0
-    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
-    assert summary["queries"] == summary["labels_in_ledger"] == 48
-
-
 def test_xpo_optimism_term_value_and_gradient_sign(task):
     """alpha * mean log pi(y~): its value is the policy's log-prob of pi_ref's response, and a step
     on it alone (a tied DPO pair contributes nothing) lowers that log-prob."""
