@@ -19,7 +19,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from sealign import explorer as explorer_mod
-from sealign.config import ERMConfig, OracleConfig, PolicyConfig, SFTConfig, TaskConfig, TrainConfig
+from sealign.config import ERMConfig, RunConfig, TaskConfig, TrainConfig
 from sealign.loop import train
 from sealign.records import Duels
 from sealign.tasks import make_task
@@ -49,7 +49,7 @@ def main() -> None:
 
     explorer_mod.Explorer.select = select
     cfg = TrainConfig(agent="sea", loss="dpo", budget=args.budget, seed=args.seed, eval_every=250, out=args.out)
-    summary = train(cfg, TaskConfig(), PolicyConfig(), SFTConfig(), OracleConfig(), ERMConfig(), progress=False)
+    summary = train(RunConfig(cfg))
     rows = [json.loads(line) for line in (Path(args.out) / "metrics.jsonl").read_text().splitlines()]
     print(f"SEA-DPO with an r* + N(0, {args.noise}^2) ERM, seed {args.seed}: final win rate {summary['final_win_rate']:.3f}")
     print("| queries | " + " | ".join(str(r["queries"]) for r in rows[::4]) + " |")

@@ -60,7 +60,7 @@ def sealign_run(
     functions by cumulative and by own time."""
     from transformers.utils import logging as hf_logging
 
-    from sealign.config import OracleConfig, PolicyConfig, SFTConfig, TaskConfig, TrainConfig
+    from sealign.config import RunConfig, TaskConfig, TrainConfig
     from sealign.loop import train
 
     hf_logging.disable_progress_bar()
@@ -76,16 +76,16 @@ def sealign_run(
         seed=seed,
         out=str(out),
     )
-    run = (cfg, TaskConfig(n_holdout=holdout), PolicyConfig(), SFTConfig(), OracleConfig())
+    run = RunConfig(cfg, TaskConfig(n_holdout=holdout))
     if profile is None:
-        summary = train(*run, progress=False)
+        summary = train(run)
     else:
         import cProfile
         import io
         import pstats
 
         profiler = cProfile.Profile()
-        summary = profiler.runcall(train, *run, progress=False)
+        summary = profiler.runcall(train, run)
         profiler.dump_stats(profile.with_suffix(".prof"))
         text = io.StringIO()
         stats = pstats.Stats(profiler, stream=text).strip_dirs()

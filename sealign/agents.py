@@ -22,6 +22,14 @@ class Agent:
     self_align: bool = False  # policy batches mix in ERM-labelled pairs (π ↔ R, §4.3)
     best_of_n: bool = False  # inference is BoN(π, R) instead of the policy's greedy answer
     dpo_only: bool = False  # built on DPO's implicit reward or objective (APL, XPO)
+    reference_duel: bool = False  # every duel pits pi_theta against a pi_ref response, and the learner adds optimism on it (XPO)
+    ranks_pool: bool = False  # the actor answers a pool larger than the batch, ranked by the policy itself (APL)
+    candidates: int = 2  # M when the agent has no reward model to choose among more
+
+    @property
+    def default_candidates(self) -> int:
+        """M by default: 20 with a reward model (§5.2), else the agent's own."""
+        return 20 if self.learn_erm else self.candidates
 
 
 AGENTS: dict[str, Agent] = {
@@ -44,7 +52,20 @@ AGENTS: dict[str, Agent] = {
             learn_erm=True,
             best_of_n=True,
         ),
-        Agent("apl", "apl", "active preference learning: high-entropy prompts, largest implicit-reward gap (Muldrew et al. 2024)", dpo_only=True),
-        Agent("xpo", "xpo", "exploratory preference optimisation: pi_theta vs pi_ref duels, optimism term (Xie et al. 2024)", dpo_only=True),
+        Agent(
+            "apl",
+            "apl",
+            "active preference learning: high-entropy prompts, largest implicit-reward gap (Muldrew et al. 2024)",
+            dpo_only=True,
+            ranks_pool=True,
+            candidates=4,
+        ),
+        Agent(
+            "xpo",
+            "xpo",
+            "exploratory preference optimisation: pi_theta vs pi_ref duels, optimism term (Xie et al. 2024)",
+            dpo_only=True,
+            reference_duel=True,
+        ),
     ]
 }

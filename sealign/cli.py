@@ -23,6 +23,7 @@ from sealign.config import (
     OracleConfig,
     PolicyConfig,
     PreferenceModelConfig,
+    RunConfig,
     SFTConfig,
     TaskConfig,
     TrainConfig,
@@ -241,19 +242,18 @@ def cmd_train(
     pm_cfg: PreferenceModelConfig,
     out: OutputArgs,
 ) -> dict:
-    """Align pi_ref with an agent under a query budget; writes the run folder (see DESIGN.md)."""
+    """Align pi_ref with an agent under a query budget; writes the run folder (config.json,
+    queries.jsonl, metrics.jsonl, checkpoints/, policy/, summary.json)."""
     from sealign.loop import train
 
+    run = RunConfig(cfg, task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, pm_cfg, backend_cfg)
     if cfg.resume:  # a resumed run keeps its saved settings: refuse flags that would be ignored
         given = [task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, pm_cfg, dataclasses.replace(cfg, resume=None, out="-")]
         kept = [n for n in _changed([backend_cfg]) if n.replace("-", "_") in BackendConfig.ALGORITHM]
         changed = [*_changed(given), *kept]  # the backend's placement may change: it changes no label
         if changed:
             raise SealignError(f"--resume continues with the run's saved settings; drop {', '.join('--' + n for n in changed)}")
-
-    summary = train(
-        cfg, task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, backend_cfg, pm_cfg=pm_cfg, progress=not out.quiet
-    )
+    summary = train(run, progress=not out.quiet)
     table = Table(title=f"{summary['agent']} {summary['loss']} — {cfg.resume or cfg.out}")
     for col in ("queries", "win_rate pi_ref", "win_rate final", "wall s", "generate s", "select s", "oracle s", "learn s", "eval s"):
         table.add_column(col)
@@ -278,14 +278,25 @@ def _changed(cfgs: list) -> dict[str, object]:
     return changed
 
 
-def _check_arms(plan) -> list[tuple]:
+TRAIN_CONFIGS = [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, ERMConfig, ModelConfig, DataConfig, TrainConfig, BackendConfig, PreferenceModelConfig]
+
+
+def run_config(flags: list[str]) -> RunConfig:
+    """The RunConfig that `sealign train FLAGS` would run, e.g. run_config(["--agent", "sea", "--out", "runs/x"])."""
+    *cfgs, remaining = _Parser(TRAIN_CONFIGS).parse_args_into_dataclasses(args=flags, return_remaining_strings=True)
+    if remaining:
+        raise SealignError(f"unrecognized arguments: {' '.join(remaining)}")
+    task, policy, sft, oracle, erm, model, data, train, backend, pm = cfgs
+    return RunConfig(train, task, policy, sft, oracle, erm, model, data, pm, backend)
+
+
+def _check_arms(plan) -> list[RunConfig]:
     """Every arm's flags parsed as `sealign train` would, before any run starts; returns the
-    configs of each arm."""
-    parser = _Parser(COMMANDS["train"][1][:-1])  # train's configs, without its output options
+    config of each arm."""
     configs = []
     for arm in plan.arms:
         try:
-            configs.append(parser.parse_args_into_dataclasses(args=[*arm.flags, "--out", "-"]))
+            configs.append(run_config([*arm.flags, "--out", "-"]))
         except SealignError as e:
             raise SealignError(f"study {plan.name}, arm {arm.label!r}: {e}") from None
     return configs
@@ -316,12 +327,12 @@ def cmd_study(args: StudyArgs, out: OutputArgs) -> dict:
     report_dir = root / plan.name
     report_dir.mkdir(parents=True, exist_ok=True)
     references, preference_models = {}, {}  # built once here, not by parallel runs racing to build the same one
-    for task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, train_cfg, _, pm_cfg in configs:
-        if model_cfg.policy is None:  # arms with their own --policy need no built-in pi_ref
-            references.setdefault(reference_dir(task_cfg, policy_cfg, sft_cfg), (task_cfg, policy_cfg, sft_cfg))
-        pm_backbone = AGENTS[train_cfg.agent].learn_erm and erm_cfg.erm_backbone == PREFERENCE_MODEL
-        if on_builtin_task(model_cfg, data_cfg) and (pm_backbone or oracle_cfg.train_oracle == "pm"):
-            preference_models.setdefault(preference_model_dir(task_cfg, pm_cfg), (task_cfg, pm_cfg))
+    for run in configs:
+        if run.model.policy is None:  # arms with their own --policy need no built-in pi_ref
+            references.setdefault(reference_dir(run.task, run.policy, run.sft), (run.task, run.policy, run.sft))
+        pm_backbone = AGENTS[run.train.agent].learn_erm and run.erm.erm_backbone == PREFERENCE_MODEL
+        if on_builtin_task(run.model, run.data) and (pm_backbone or run.oracle.train_oracle == "pm"):
+            preference_models.setdefault(preference_model_dir(run.task, run.pm), (run.task, run.pm))
     for task_cfg, policy_cfg, sft_cfg in references.values():
         ensure_reference(task_cfg, policy_cfg, sft_cfg, progress=not out.quiet)
     for task_cfg, pm_cfg in preference_models.values():
@@ -395,7 +406,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "train": (
         cmd_train,
-        [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, ERMConfig, ModelConfig, DataConfig, TrainConfig, BackendConfig, PreferenceModelConfig, OutputArgs],
+        [*TRAIN_CONFIGS, OutputArgs],
         "run an agent under a query budget",
     ),
     "study": (cmd_study, [StudyArgs, OutputArgs], "run a grid of agents x seeds and report win-rate curves"),

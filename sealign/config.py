@@ -195,8 +195,7 @@ class OracleConfig:
         _require(self.oracle_dtype in DTYPES, f"unknown --oracle-dtype {self.oracle_dtype!r} (known: {', '.join(DTYPES)})")
         if kind == "rm":
             _check_device(self.oracle_device, "--oracle-device")
-            target = oracle_kind(self.oracle)[1]
-            _require(not _is_local(target) or Path(target).expanduser().exists(), f"--oracle: reward model path {target!r} does not exist")
+            _check_source("--oracle rm:", oracle_kind(self.oracle)[1])
         _require(self.judge_concurrency > 0, f"--judge-concurrency must be positive, got {self.judge_concurrency}")
         _require(self.judge_parse_retries >= 0, f"--judge-parse-retries must be >= 0, got {self.judge_parse_retries}")
         _require(self.oracle_timeout > 0, f"--oracle-timeout must be positive, got {self.oracle_timeout}")
@@ -217,8 +216,26 @@ class OracleConfig:
 
 
 def _is_local(name: str) -> bool:
-    """A name that can only mean a local path (a hub name is never absolute nor starts with '.')."""
-    return Path(name).is_absolute() or name.startswith((".", "~"))
+    """A name that can only mean a local path: absolute, starting with '.' or '~', or not a valid
+    hub id (`owner/name` at most, no '..' or spaces), so it is never sent to the hub."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if Path(name).is_absolute() or name.startswith((".", "~")):
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def _check_source(flag: str, name: Optional[str], *, data: bool = False) -> None:
+    """A model or dataset named by path must exist; a hub name is looked up only when loaded.
+    For data, a file name (.jsonl, .csv, ...) is a path too."""
+    if name is None or Path(name).expanduser().exists():
+        return
+    local = _is_local(name) or (data and Path(name).suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"))
+    _require(not local, f"{flag} {name!r}: no such file or folder (and not a hub name)")
 
 
 @dataclass
@@ -239,8 +256,8 @@ class ModelConfig:
     lora_alpha: float = field(default=16.0, metadata=_help("LoRA scaling alpha"))
 
     def __post_init__(self) -> None:
-        for flag, name in (("--policy", self.policy), ("--ref", self.ref)):
-            _require(name is None or not _is_local(name) or Path(name).expanduser().exists(), f"{flag} path {name!r} does not exist")
+        _check_source("--policy", self.policy)
+        _check_source("--ref", self.ref)
         _require(self.ref is None or self.policy is not None, "--ref needs --policy (the built-in pi_ref is its own reference)")
         _require(self.dtype in DTYPES, f"unknown --dtype {self.dtype!r} (known: {', '.join(DTYPES)})")
         _check_device(self.device, "--device")
@@ -272,8 +289,8 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
-        for flag, name in (("--data", self.data), ("--eval-data", self.eval_data)):
-            _require(name is None or not _is_local(name) or Path(name).expanduser().exists(), f"{flag} {name!r} does not exist")
+        _check_source("--data", self.data, data=True)
+        _check_source("--eval-data", self.eval_data, data=True)
         _require(self.eval_data is None or self.data is not None, "--eval-data needs --data")
         _require(self.eval_size > 0, f"--eval-size must be positive, got {self.eval_size}")
         _require(self.max_train is None or self.max_train > 0, f"--max-train must be positive, got {self.max_train}")
@@ -341,6 +358,8 @@ class ERMConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.erm_backbone not in ("pi_ref", "pm"):
+            _check_source("--erm-backbone", self.erm_backbone)
         _require(self.erm_gate is None or 0.5 < self.erm_gate <= 1.0, f"--erm-gate must be in (0.5, 1], got {self.erm_gate}")
         _require(self.erm_heads >= 2, f"--erm-heads must be at least 2 (an ensemble), got {self.erm_heads}")
         _require(self.erm_hidden > 0, f"--erm-hidden must be positive, got {self.erm_hidden}")
@@ -423,8 +442,11 @@ class TrainConfig:
             f"--explore {self.explore} needs a reward model; agent {self.agent} has none (try --agent sea)",
         )
         if self.num_candidates is None:
-            self.num_candidates = 20 if agent.learn_erm else 4 if self.agent == "apl" else 2
-        _require(self.agent != "xpo" or self.num_candidates == 2, "agent xpo duels one pi_theta and one pi_ref response: --num-candidates must be 2")
+            self.num_candidates = agent.default_candidates
+        _require(
+            not agent.reference_duel or self.num_candidates == 2,
+            f"agent {self.agent} duels one pi_theta and one pi_ref response: --num-candidates must be 2",
+        )
         _require(self.apl_pool_factor >= 1, f"--apl-pool-factor must be at least 1, got {self.apl_pool_factor}")
         _require(self.apl_entropy in ("sequence", "token"), f"unknown --apl-entropy {self.apl_entropy!r} (known: sequence, token)")
         _require(self.xpo_alpha >= 0, f"--xpo-alpha must be >= 0, got {self.xpo_alpha}")
@@ -477,7 +499,9 @@ class TrainConfig:
     def pool_size(self, pairs: int) -> int:
         """Prompts the actor answers to supply `pairs` more pairs, at most a batch's worth: APL draws
         a pool `apl_pool_factor` times larger and keeps the most uncertain prompts."""
-        return min(pairs, self.batch_size) * (self.apl_pool_factor if self.agent == "apl" else 1)
+        from sealign.agents import AGENTS
+
+        return min(pairs, self.batch_size) * (self.apl_pool_factor if AGENTS[self.agent].ranks_pool else 1)
 
     @property
     def warmup_steps(self) -> int:
@@ -535,3 +559,52 @@ class BackendConfig:
                 importlib.util.find_spec("ray") is not None,
                 "--backend ray needs Ray, which is not installed: pip install 'sealign[ray]'",
             )
+
+
+@dataclass
+class RunConfig:
+    """Everything one run is made of: the parts above, each validated when it is built. Saved as
+    the run folder's config.json and read back on resume, so a run is rerun from that file alone."""
+
+    train: TrainConfig
+    task: TaskConfig = field(default_factory=TaskConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    erm: ERMConfig = field(default_factory=ERMConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pm: PreferenceModelConfig = field(default_factory=PreferenceModelConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+
+    SECTIONS = ("task", "policy", "sft", "oracle", "erm", "model", "data", "pm", "backend", "train")  # config.json's order
+
+    @property
+    def folder(self) -> str:
+        return self.train.resume or self.train.out
+
+    def to_dict(self) -> dict:
+        """config.json's settings: where the run lives is not one of them."""
+        out = {name: dataclasses.asdict(getattr(self, name)) for name in self.SECTIONS}
+        out["train"].update(out=None, resume=None)
+        return out
+
+    @classmethod
+    def from_dict(cls, saved: dict, folder: str, backend: Optional[BackendConfig] = None) -> "RunConfig":
+        """The settings a run folder was started with, to resume it. The backend's placement
+        (cluster, resources) comes from `backend`: it changes no label; what shapes the
+        algorithm (BackendConfig.ALGORITHM) is the saved one."""
+        where = f"{Path(folder) / 'config.json'}"
+        try:
+            parts = {
+                name: kind(**saved.get(name, {}))
+                for name, kind in (
+                    ("task", TaskConfig), ("policy", PolicyConfig), ("sft", SFTConfig), ("oracle", OracleConfig),
+                    ("erm", ERMConfig), ("model", ModelConfig), ("data", DataConfig), ("pm", PreferenceModelConfig),
+                )
+            }  # fmt: skip
+            train = TrainConfig(**{**saved["train"], "out": None, "resume": str(folder)})
+            kept = {k: v for k, v in saved.get("backend", {}).items() if k in BackendConfig.ALGORITHM}
+        except (KeyError, TypeError) as e:
+            raise SealignError(f"{where}: not a sealign run config ({e})") from None
+        return cls(train=train, backend=dataclasses.replace(backend or BackendConfig(), **kept), **parts)

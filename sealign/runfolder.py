@@ -1,4 +1,4 @@
-"""The run folder (DESIGN.md contract): config, metrics, the label ledger, checkpoints, summary.
+"""The run folder: config, metrics, the label ledger, checkpoints, summary; owned by one process.
 
     runs/NAME/config.json  metrics.jsonl  queries.jsonl  summary.json  checkpoints/  tb/
 """
@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Optional
 
+import filelock
 import torch
 
 from sealign.errors import SealignError
@@ -26,9 +28,10 @@ def _append_jsonl(path: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSONL file. A torn last line (a kill mid-write) is cut off the file; a bad line
-    anywhere else means the file was damaged, and nothing is dropped silently."""
+def _read_jsonl(path: Path, *, repair: bool = True) -> list[dict]:
+    """Rows of a JSONL file. A torn last line (a kill mid-write) is cut off the file (left alone,
+    and only skipped, when not `repair`: a reader must never cut a line a live run is writing);
+    a bad line anywhere else means the file was damaged, and nothing is dropped silently."""
     if not path.is_file():
         return []
     lines = path.read_bytes().split(b"\n")
@@ -39,7 +42,7 @@ def _read_jsonl(path: Path) -> list[dict]:
             rows.append(json.loads(raw))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise SealignError(f"{path}:{lineno}: damaged line; fix or remove it before resuming") from None
-    if tail:
+    if tail and repair:
         with path.open("r+b") as f:
             f.truncate(path.stat().st_size - len(tail))
     return rows
@@ -48,53 +51,25 @@ def _read_jsonl(path: Path) -> list[dict]:
 class QueryLedger:
     """queries.jsonl: every oracle-labelled training pair, written as soon as the label arrives.
 
-    On resume the ledger already holds pairs labelled after the last checkpoint; `label` hands
-    those back instead of asking the oracle again, so no label is ever asked twice or lost.
+    Storage only: it never calls the oracle. On resume it already holds pairs labelled after the
+    last checkpoint, and the collect step replays them instead of asking again
+    (`sealign.loop.collect.label_duels`), so no label is ever asked twice or lost.
     """
 
     def __init__(self, path: Path):
         self.path = path
         self.rows = _read_jsonl(path)
-        self.replay_mismatches = 0  # recorded pairs that differ from the regenerated ones
-        self.asked = 0  # labels asked of the oracle in this session
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def label(self, duels: Duels, start: int, step: int, oracle: Any) -> tuple[list[int], torch.Tensor]:
-        """Record labels for query indices start, start + 1, ..., asking the oracle only for duels
-        not recorded yet. Returns the positions (in `duels`) that hold a label, in order, and
-        their labels z (True = first preferred); a duel the oracle could not judge gets none."""
-        n = len(duels.prompts)
-        recorded = self.rows[start : start + n]
-        oracle.skip(len(recorded))
-        kept = list(range(len(recorded)))
-        fresh = list(range(len(recorded), n))
-        if fresh:
-            tail = duels.subset(fresh)
-            labels = oracle.label(tail.prompts, tail.first, tail.second)
-            answered = [i for i, ok in zip(fresh, labels.answered.tolist()) if ok]
-            new_rows = [
-                {
-                    "index": start + len(kept) + j,
-                    "step": step,
-                    "prompt": duels.prompts[i],
-                    "first": duels.first[i],
-                    "second": duels.second[i],
-                    "first_wins": bool(w),
-                    "version": duels.version,
-                }
-                for j, (i, w) in enumerate(zip(answered, labels.first_wins.tolist()))
-            ]
-            _append_jsonl(self.path, new_rows)
-            self.rows.extend(new_rows)
-            self.asked += len(fresh)
-            kept += answered
-        self.replay_mismatches += sum(
-            (r["prompt"], r["first"], r["second"]) != (p, a, b)
-            for r, p, a, b in zip(recorded, duels.prompts, duels.first, duels.second)
-        )
-        return kept, torch.tensor([r["first_wins"] for r in self.rows[start : start + len(kept)]], dtype=torch.bool)
+    def recorded(self, start: int, n: int) -> list[dict]:
+        """The rows of query indices start .. start + n - 1 that exist already."""
+        return self.rows[start : start + n]
+
+    def append(self, rows: list[dict]) -> None:
+        _append_jsonl(self.path, rows)
+        self.rows.extend(rows)
 
     def preferences(self, start: int, stop: int) -> Preferences:
         """The recorded labels start .. stop - 1 as (chosen, rejected) pairs for the learner."""
@@ -103,23 +78,41 @@ class QueryLedger:
         return Preferences.from_labels(pairs, torch.tensor([r["first_wins"] for r in rows]))
 
 
+LOCK = ".lock"
+
+
 class RunFolder:
-    """Owns the files of one run; creating it refuses to overwrite, resuming requires it."""
+    """Owns the files of one run, for one process at a time: creating it refuses to overwrite,
+    resuming requires it, and either holds an exclusive lock on the folder until `close`."""
 
     def __init__(self, path: str | Path, *, resume: bool):
         self.path = Path(path)
+        self._lock = filelock.FileLock(self.path / LOCK, timeout=0)
+        self._tb = None
         if resume:
             if not (self.path / "config.json").is_file():
                 raise SealignError(f"cannot resume {str(self.path)!r}: no config.json there")
+            self._take_lock()  # before anything is read or written: reading the ledger may cut a torn line
             (self.path / "checkpoints").mkdir(exist_ok=True)
         elif self.path.exists():
             raise SealignError(f"run folder {str(self.path)!r} already exists (use --resume to continue it)")
         self.queries = QueryLedger(self.path / "queries.jsonl")
-        self._tb = None
+
+    def _take_lock(self) -> None:
+        """The kernel drops the lock of a process that dies, so a killed run never blocks its resume."""
+        try:
+            self._lock.acquire()
+        except filelock.Timeout:
+            raise SealignError(f"run folder {str(self.path)!r} is in use by another sealign process; wait for it to end") from None
 
     def create(self, config: dict) -> None:
         """Lay out a new run: its folders and the config that is enough to rerun it."""
-        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True)
+        except FileExistsError:  # another process created it since this one checked
+            raise SealignError(f"run folder {str(self.path)!r} already exists (use --resume to continue it)") from None
+        self._take_lock()
+        (self.path / "checkpoints").mkdir()
         (self.path / "config.json").write_text(json.dumps(config, indent=1))
 
     def read_config(self) -> dict:
@@ -148,8 +141,11 @@ class RunFolder:
         self._tb = SummaryWriter(str(self.path / "tb"), purge_step=queries + 1)
 
     def close(self) -> None:
+        """Flush TensorBoard and let another process have the folder."""
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
+        self._lock.release()
 
     def metrics(self) -> list[dict]:
         return _read_jsonl(self.path / "metrics.jsonl")
@@ -175,3 +171,33 @@ class RunFolder:
 
     def write_summary(self, summary: dict) -> None:
         (self.path / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+@dataclass
+class RunResults:
+    """A run folder's contents as data, for notebooks and scripts."""
+
+    path: Path
+    config: dict  # config.json: every setting, pi_ref's fingerprint
+    metrics: list[dict]  # metrics.jsonl: one row per evaluation, "queries" is the x-axis
+    queries: list[dict]  # queries.jsonl: every oracle label, in the order it was asked
+    summary: Optional[dict]  # summary.json; None while the run is unfinished
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+
+def read_run(path: str | Path) -> RunResults:
+    """Read a run folder without touching it (it may be running: no lock is taken, nothing is cut)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise SealignError(f"{str(path)!r} is not a run folder (no config.json)")
+    summary = path / "summary.json"
+    return RunResults(
+        path,
+        json.loads((path / "config.json").read_text(encoding="utf-8")),
+        _read_jsonl(path / "metrics.jsonl", repair=False),
+        _read_jsonl(path / "queries.jsonl", repair=False),
+        json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else None,
+    )

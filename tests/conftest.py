@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sealign.config import OracleConfig, PolicyConfig, PreferenceModelConfig, SFTConfig, TaskConfig
+from sealign.config import OracleConfig, PolicyConfig, PreferenceModelConfig, RunConfig, SFTConfig, TaskConfig
 from sealign.oracles import RewardOracle
 from sealign.tasks import make_task
 
@@ -36,7 +36,13 @@ def oracle(task):
 QUICK_SFT = SFTConfig(sft_steps=30, sft_batch_size=16, sft_lr=1e-3, sft_warmup=5)
 QUICK_PM = PreferenceModelConfig(pm_steps=20, pm_batch_size=16)
 QUICK_PM_FLAGS = ["--pm-steps", "20", "--pm-batch-size", "16"]
+SMALL_FLAGS = ["--n-train", "300", "--n-holdout", "40", "--sft-steps", "30", "--sft-batch-size", "16", "--sft-warmup", "5", *QUICK_PM_FLAGS]  # the same, as train flags
 TINY = PolicyConfig(size="tiny")
+
+
+def small_run(cfg, task_cfg, **parts) -> RunConfig:
+    """A run of the tests' small task, tiny pi_ref and quick builds; `parts` replace RunConfig fields."""
+    return RunConfig(cfg, **{"task": task_cfg, "policy": TINY, "sft": QUICK_SFT, "pm": QUICK_PM, **parts})
 
 
 # -- tiny random Hugging Face models, saved to disk and loaded by path like any checkpoint -------

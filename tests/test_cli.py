@@ -36,7 +36,11 @@ def assert_one_error_line(code: int, err: str, *fragments: str) -> None:
     "argv, fragments",
     [
         (["eval", "--task", "nosuchtask"], ["unknown task 'nosuchtask'", "keywords"]),
-        (["eval", "--policy", "/no/such/model"], ["/no/such/model", "does not exist"]),
+        (["eval", "--policy", "/no/such/model"], ["/no/such/model", "no such file or folder"]),
+        (["eval", "--policy", "./no-such-model"], ["--policy './no-such-model'", "no such file or folder"]),
+        (["eval", "--policy", "../no-such-model"], ["no such file or folder"]),
+        (["eval", "--policy", "runs/x/policy"], ["--policy 'runs/x/policy'", "not a hub name"]),
+        (["eval", "--data", "prompts.jsonl"], ["--data 'prompts.jsonl'", "no such file or folder"]),
         (["eval", "--task-seed", "abc"], ["--task_seed", "abc"]),
         (["eval", "--best-of", "0"], ["--best-of"]),
         (["eval", "--label-mode", "coin"], ["coin"]),

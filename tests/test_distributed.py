@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUICK_SFT, TINY
+from conftest import TINY, small_run
 from sealign.actor import Actor, LocalActors, join, sampling_seed, shard_bounds
-from sealign.config import BackendConfig, OracleConfig, TrainConfig
+from sealign.config import BackendConfig, TrainConfig
 from sealign.loop import train
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'sealign[ray]'")
@@ -24,7 +24,7 @@ BUDGET, BATCH = 48, 16  # three learner steps
 
 def run(out: Path, task_cfg, resume: bool = False, **backend) -> dict:
     cfg = TrainConfig(budget=BUDGET, batch_size=BATCH, eval_every=BUDGET, checkpoint_every=BATCH, **({"resume": str(out)} if resume else {"out": str(out)}))
-    return train(cfg, task_cfg, TINY, QUICK_SFT, OracleConfig(), backend_cfg=BackendConfig(**backend), progress=False)
+    return train(small_run(cfg, task_cfg, backend=BackendConfig(**backend)))
 
 
 def ledger(path: Path) -> list[dict]:

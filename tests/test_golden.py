@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUICK_PM_FLAGS
+from conftest import SMALL_FLAGS
 from sealign.agents import AGENTS
 from sealign.cli import main
 
 GOLDEN = Path(__file__).parent / "golden"
-SMALL = ["--n-train", "300", "--n-holdout", "40", "--sft-steps", "30", "--sft-batch-size", "16", "--sft-warmup", "5", *QUICK_PM_FLAGS]
+SMALL = SMALL_FLAGS
 CASES = {name: ["--agent", name] for name in sorted(AGENTS)} | {
     "sea-gate": ["--agent", "sea", "--erm-gate", "0.75"],  # the gated collect path
     "online-async": ["--agent", "online", "--async"],  # batches sampled ahead of the learner

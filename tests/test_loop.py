@@ -13,17 +13,15 @@ import time
 import pytest
 import torch
 
-from conftest import QUICK_PM, QUICK_PM_FLAGS, QUICK_SFT, TINY
+from conftest import SMALL_FLAGS, TINY, small_run
 from sealign.cli import main
-from sealign.agents import AGENTS
-from sealign.config import ERMConfig, OracleConfig, TrainConfig
-from sealign.explore import predictive_entropy
+from sealign.config import ERMConfig, TrainConfig
 from sealign.learner import Learner, LearnerConfig, optimism_term
 from sealign.loop import PromptStream, train
 from sealign.policy import build_policy, sequence_logprobs
 from sealign.records import Preferences
 
-SMALL = ["--n-train", "300", "--n-holdout", "40", "--sft-steps", "30", "--sft-batch-size", "16", "--sft-warmup", "5", *QUICK_PM_FLAGS]
+SMALL = SMALL_FLAGS
 
 
 def run_cfg(out, **kw) -> TrainConfig:
@@ -37,7 +35,7 @@ def ledger(path) -> list[dict]:
 
 def test_budget_is_never_exceeded(tmp_path, task_cfg):
     cfg = run_cfg(tmp_path / "run", budget=100, batch_size=32)  # 100 is not a multiple of 32
-    summary = train(cfg, task_cfg, TINY, QUICK_SFT, OracleConfig(), progress=False)
+    summary = train(small_run(cfg, task_cfg))
     rows = ledger(tmp_path / "run")
     assert summary["queries"] == 100 and summary["labels_asked_this_session"] == 100
     assert summary["seconds"]["generate"] > 0 and summary["seconds"]["learn"] > 0  # every phase is timed
@@ -51,9 +49,9 @@ def test_budget_is_never_exceeded(tmp_path, task_cfg):
 def test_offline_agent_never_syncs_the_actor(tmp_path, task_cfg, monkeypatch):
     calls = []
     monkeypatch.setattr("sealign.actor.Actor.sync", lambda self, model, version: calls.append(version))
-    train(run_cfg(tmp_path / "off", agent="offline"), task_cfg, TINY, QUICK_SFT, OracleConfig(), progress=False)
+    train(small_run(run_cfg(tmp_path / "off", agent="offline"), task_cfg))
     assert calls == []
-    train(run_cfg(tmp_path / "on"), task_cfg, TINY, QUICK_SFT, OracleConfig(), progress=False)
+    train(small_run(run_cfg(tmp_path / "on"), task_cfg))
     assert calls == [1, 2, 3]  # positive control: online syncs after every step
 
 
@@ -207,7 +205,7 @@ def _fake_proposals(identical_every: int):
 
 def test_identical_duels_are_not_asked_nor_charged(tmp_path, task_cfg, monkeypatch):
     monkeypatch.setattr("sealign.actor.Actor.propose", _fake_proposals(2))
-    summary = train(run_cfg(tmp_path / "r", budget=64), task_cfg, TINY, QUICK_SFT, OracleConfig(), progress=False)
+    summary = train(small_run(run_cfg(tmp_path / "r", budget=64), task_cfg))
     rows = ledger(tmp_path / "r")
     assert len(rows) == 64 and summary["queries"] == 64
     assert all(r["first"] != r["second"] for r in rows)
@@ -244,7 +242,7 @@ def test_ray_backend_without_ray_says_how_to_install_it(capsys, tmp_path, monkey
 
 
 def test_trained_policy_is_saved_and_loadable(tmp_path, task_cfg):
-    train(run_cfg(tmp_path / "r", budget=32), task_cfg, TINY, QUICK_SFT, OracleConfig(), progress=False)
+    train(small_run(run_cfg(tmp_path / "r", budget=32), task_cfg))
     code = main(["eval", "--n-train", "300", "--n-holdout", "40", "--policy", str(tmp_path / "r" / "policy")])
     assert code == 0
 
@@ -274,7 +272,7 @@ def test_erm_labelled_pairs_never_reach_the_oracle_nor_the_budget(tmp_path, task
 
     monkeypatch.setattr(learner_mod.Learner, "step", step)
     monkeypatch.setattr(RewardOracle, "label", label)
-    summary = train(_tiny_sea(tmp_path / "r", budget=64, batch_size=16), task_cfg, TINY, QUICK_SFT, OracleConfig(), ERM_TINY, pm_cfg=QUICK_PM, progress=False)
+    summary = train(small_run(_tiny_sea(tmp_path / "r", budget=64, batch_size=16), task_cfg, erm=ERM_TINY))
     rows = ledger(tmp_path / "r")
     assert summary["queries"] == len(rows) == len(asked) == 64  # every oracle label is one query
     assert [(r["prompt"], r["first"], r["second"]) for r in rows] == asked
@@ -331,7 +329,7 @@ def test_apl_asks_only_the_most_uncertain_prompts_of_its_pool(tmp_path, task_cfg
 
     monkeypatch.setattr(Explorer, "select", spy)
     cfg = run_cfg(tmp_path / "r", agent="apl", budget=32, batch_size=16, eval_every=32)
-    train(cfg, task_cfg, TINY, QUICK_SFT, OracleConfig(), progress=False)
+    train(small_run(cfg, task_cfg))
     asked = [r["prompt"] for r in ledger(tmp_path / "r")]
     expected = []
     for sel in selections:

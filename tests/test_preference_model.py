@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification
 
-from conftest import QUICK_PM, QUICK_PM_FLAGS, QUICK_SFT, TINY
+from conftest import QUICK_PM, SMALL_FLAGS, small_run
 from sealign.cli import main
-from sealign.config import ERMConfig, OracleConfig, TaskConfig, TrainConfig
+from sealign.config import ERMConfig, OracleConfig, TrainConfig
 from sealign.erm import Backbone
 from sealign.explore import gated_erm_pairs, head_agreement
 from sealign.loop import train
@@ -94,7 +94,7 @@ def test_gated_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp_pa
     monkeypatch.setattr(RewardOracle, "label", lambda self, x, a, b: (asked.extend(zip(x, a, b)), real_label(self, x, a, b))[1])
     cfg = TrainConfig(agent="sea", num_candidates=6, burn_in=0, gamma=0.25, batch_size=32, budget=64, eval_every=64, out=str(tmp_path / "r"))
     erm = ERMConfig(erm_heads=4, erm_hidden=16, erm_gate=1.0, erm_backbone="pm")
-    summary = train(cfg, task_cfg, TINY, QUICK_SFT, OracleConfig(), erm, pm_cfg=QUICK_PM, progress=False)
+    summary = train(small_run(cfg, task_cfg, erm=erm))
     rows = [json.loads(x) for x in (tmp_path / "r" / "queries.jsonl").read_text().splitlines()]
     assert summary["queries"] == len(rows) == len(asked) == 64 and summary["prompts"] <= 64 + summary["identical_skipped"]
     oracle_pairs = {(r["prompt"], r["first"], r["second"]) for r in rows} | {(r["prompt"], r["second"], r["first"]) for r in rows}
@@ -107,7 +107,7 @@ def test_gated_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp_pa
 
 def test_training_oracle_pm_labels_by_the_prior_and_evaluation_stays_the_oracles(tmp_path, task_cfg):
     cfg = TrainConfig(budget=32, batch_size=16, eval_every=32, out=str(tmp_path / "r"))
-    train(cfg, task_cfg, TINY, QUICK_SFT, OracleConfig(train_oracle="pm"), pm_cfg=QUICK_PM, progress=False)
+    train(small_run(cfg, task_cfg, oracle=OracleConfig(train_oracle="pm")))
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     path = str(preference_model_dir(task_cfg, QUICK_PM))
     assert saved["train_oracle"] == f"rm:{path}"
@@ -135,8 +135,7 @@ def test_training_oracle_pm_labels_by_the_prior_and_evaluation_stays_the_oracles
     ],
 )
 def test_bad_input_is_one_line(capsys, tmp_path, argv, fragment):
-    code = main(["train", "--n-train", "300", "--n-holdout", "40", "--sft-steps", "30", "--sft-batch-size", "16", "--sft-warmup", "5",
-                 *QUICK_PM_FLAGS, *argv, "--out", str(tmp_path / "r"), "--quiet"])  # fmt: skip
+    code = main(["train", *SMALL_FLAGS, *argv, "--out", str(tmp_path / "r"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and fragment in err[0]
     assert not (tmp_path / "r").exists()

@@ -1,0 +1,126 @@
+"""The online loop (paper §3, Fig. 2 and 4): actor proposes, explorer picks a duel, oracle labels,
+learner steps; with a hard query budget, evaluation, checkpoints and exact resume.
+
+Queries are counted as labelled pairs *consumed by the learner*: for online agents that is the
+number asked so far, for the offline agent (which asks for the whole budget up front) it is
+how far its training has got through the data, so both share one x-axis.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+from sealign.config import BackendConfig, RunConfig
+from sealign.errors import SealignError
+from sealign.learner import NonFiniteLoss
+from sealign.loop.checkpoint import restore, save_checkpoint
+from sealign.loop.collect import collect, submit
+from sealign.loop.evaluation import evaluate
+from sealign.loop.session import Session, build_session
+from sealign.loop.state import crossed
+from sealign.loop.summary import summarise
+from sealign.models import save_policy
+from sealign.progress import progress_bar
+from sealign.records import Preferences
+from sealign.runfolder import RunFolder
+
+
+def train(run: RunConfig, *, progress: bool = False) -> dict:
+    """Run one agent until its budget is spent; returns the summary (also in summary.json).
+    A `run` whose train.resume names a folder continues it, as `resume` does."""
+    if run.train.resume is not None:
+        return resume(run.train.resume, run.backend, progress=progress)
+    return _run(run, RunFolder(run.train.out, resume=False), None, progress)
+
+
+def resume(folder: str | Path, backend: Optional[BackendConfig] = None, *, progress: bool = False) -> dict:
+    """Continue the run in `folder` with its saved settings until its budget is spent; `backend`
+    may place the work elsewhere (that changes no label)."""
+    owned = RunFolder(folder, resume=True)  # locked from here on: one process per run
+    try:
+        saved = owned.read_config()
+        run = RunConfig.from_dict(saved, str(folder), backend)
+    except SealignError:
+        owned.close()
+        raise
+    return _run(run, owned, saved, progress)
+
+
+def _run(run: RunConfig, folder: RunFolder, saved: Optional[dict], progress: bool) -> dict:
+    try:
+        s = build_session(run, folder, saved, progress=progress)
+        try:
+            if saved is not None:
+                restore(s)
+            _loop(s, progress)
+            save_policy(s.learner.model, s.tokenizer, folder.path / "policy")
+            summary = summarise(s, folder.metrics()[-1])
+            folder.write_summary(summary)
+            return summary
+        finally:
+            s.close()
+    finally:
+        folder.close()
+
+
+def _loop(s: Session, progress: bool) -> None:
+    """Steps until the budget is spent, evaluating and checkpointing on their schedules."""
+    cfg, state = s.cfg, s.state
+    s.started = time.perf_counter()
+    rows = s.folder.metrics()
+    last_row = rows[-1] if rows else evaluate(s)  # a resumed run continues from its saved rows
+    with progress_bar(progress) as bar:
+        job = bar.add_task(f"{cfg.agent} {cfg.loss}", total=cfg.budget, completed=state.learned, info="")
+        while state.learned < cfg.budget:
+            before = state.learned
+            figures = step(s)
+            done = state.learned == cfg.budget
+            if done or crossed(before, state.learned, cfg.eval_every):
+                last_row = evaluate(s)
+            if done or crossed(before, state.learned, cfg.checkpoint_every):
+                state.wall, s.started = s.wall(), time.perf_counter()
+                save_checkpoint(s)
+            loss = f"  loss {figures['loss']:.3f}" if "loss" in figures else ""
+            bar.update(job, completed=state.learned, info=f"win {last_row['win_rate']:.3f}{loss}")
+
+
+def step(s: Session) -> dict:
+    """One step of Fig. 4: collect a labelled batch (and B_ERM), let the actors sample ahead with
+    --async, one learner update, weights to the actors."""
+    cfg, state, agent = s.cfg, s.state, s.agent
+    n_oracle, n_erm = cfg.batch_split(state.learned)
+    ahead = 0 if agent.online else cfg.budget  # offline: every label is asked before learning starts
+    erm_batch = collect(s, min(cfg.budget, state.learned + n_oracle + ahead), n_erm)  # the budget is hard
+    while s.run.backend.async_collect and len(s.queue) < s.run.backend.max_staleness and state.collected < cfg.budget:
+        submit(s, cfg.batch_size)  # the actors sample ahead while the learner steps (§5.1)
+    figures = learn(s, n_oracle, erm_batch)
+    if agent.online and agent.learn_policy and state.step % cfg.sync_every == 0:
+        s.actors.sync(s.learner.model, state.step)
+    return figures
+
+
+def learn(s: Session, n_oracle: int, erm_batch: Preferences) -> dict:
+    """The ERM's training round and the policy's DAP step on the next `n_oracle` ledger labels
+    mixed with B_ERM (Eq. 8 with §4.3's mixture)."""
+    state = s.state
+    batch = s.folder.queries.preferences(state.learned, state.learned + n_oracle) + erm_batch
+    reference_samples = None
+    if s.agent.reference_duel:  # the second response of every duel was sampled from pi_ref
+        rows = s.folder.queries.recorded(state.learned, n_oracle)
+        reference_samples = ([r["prompt"] for r in rows], [r["second"] for r in rows])
+    with state.timer("select"):
+        figures = s.explorer.train_round()
+    if s.agent.learn_policy:
+        with state.timer("learn"):
+            try:
+                figures.update(s.learner.step(batch, reference_samples))
+            except NonFiniteLoss as e:
+                raise SealignError(f"{e}; stopped, the last good checkpoint is kept in {s.folder.path / 'checkpoints'}") from None
+    figures["erm_fraction"] = len(erm_batch) / len(batch)
+    state.learned += n_oracle
+    state.step += 1
+    state.record(figures)
+    return figures
+
