@@ -7,13 +7,23 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test install browser clean
 
 demo: $(STAMP)
 	$(VENV)/bin/sealign demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/python -m pytest -q
+
+# The labelling page is tested in a real headless browser: Debian's chromium, driven through
+# chromium-driver by Selenium (a test extra). Installed once; elsewhere those tests are skipped.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing Debian's chromium and chromium-driver (browser tests)"; \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+	  || echo "could not install chromium: the browser tests will be skipped"; }
 
 install: $(STAMP)
 

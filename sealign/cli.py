@@ -468,6 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
+    if argv[0] in ("-V", "--version"):
+        from sealign import __version__
+
+        print(f"sealign {__version__}")
+        return 0
     try:
         name, rest = argv[0], argv[1:]
         if name not in COMMANDS:

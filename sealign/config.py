@@ -104,14 +104,14 @@ class PreferenceModelConfig:
         _require(self.pm_lr > 0, f"--pm-lr must be positive, got {self.pm_lr}")
 
 
-ORACLE_KINDS = ("task", "rm:MODEL", "judge:MODEL", "http://HOST:PORT")
+ORACLE_KINDS = ("task", "rm:MODEL", "judge:MODEL", "http://HOST:PORT", "human")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 def oracle_kind(spec: str, flag: str = "--oracle") -> tuple[str, str]:
     """Split an --oracle spec into (kind, target): task, rm, judge or remote (a URL)."""
-    if spec == "task":
-        return "task", ""
+    if spec in ("task", "human"):
+        return spec, ""
     if spec.startswith(("http://", "https://")):
         return "remote", spec.rstrip("/")
     kind, sep, target = spec.partition(":")
@@ -136,7 +136,8 @@ class OracleConfig:
         default="task",
         metadata=_help(
             "task: the built-in task's hidden reward; rm:MODEL: a sequence-classification reward model (hub name or "
-            "folder); judge:MODEL: an LLM judge behind an OpenAI-compatible API; http://HOST:PORT: a `sealign serve-oracle`"
+            "folder); judge:MODEL: an LLM judge behind an OpenAI-compatible API; http://HOST:PORT: a `sealign serve-oracle`; "
+            "human: people, on a labelling web page (the task's reward judges the evaluation)"
         ),
     )
     oracle_temperature: Optional[float] = field(
@@ -174,6 +175,12 @@ class OracleConfig:
     oracle_token_env: str = field(
         default="SEALIGN_ORACLE_TOKEN", metadata=_help("remote: environment variable holding the bearer token, if the server wants one")
     )
+    label_host: str = field(default="127.0.0.1", metadata=_help("human: address of the labelling page (another needs a token)"))
+    label_port: int = field(default=8765, metadata=_help("human: TCP port of the labelling page"))
+    label_token_env: str = field(
+        default="SEALIGN_LABEL_TOKEN", metadata=_help("human: environment variable holding the labellers' token (required off 127.0.0.1)")
+    )
+    label_timeout: float = field(default=120.0, metadata=_help("human: seconds a duel stays with one person before it is offered again"))
     oracle_timeout: float = field(default=60.0, metadata=_help("judge, remote: seconds before a request is abandoned and retried"))
     oracle_retries: int = field(default=6, metadata=_help("judge, remote: retries (exponential backoff) on timeouts, 429 and 5xx"))
     oracle_backoff: float = field(default=0.5, metadata=_help("judge, remote: seconds before the first retry; doubles each time"))
@@ -196,6 +203,9 @@ class OracleConfig:
         if kind == "rm":
             _check_device(self.oracle_device, "--oracle-device")
             _check_source("--oracle rm:", oracle_kind(self.oracle)[1])
+        _require(0 < self.label_port < 65536, f"--label-port must be in 1..65535, got {self.label_port}")
+        _require(self.label_timeout > 0, f"--label-timeout must be positive, got {self.label_timeout}")
+        _require(kind != "human" or self.train_oracle is None, "--oracle human: people label the training duels; drop --train-oracle")
         _require(self.judge_concurrency > 0, f"--judge-concurrency must be positive, got {self.judge_concurrency}")
         _require(self.judge_parse_retries >= 0, f"--judge-parse-retries must be >= 0, got {self.judge_parse_retries}")
         _require(self.oracle_timeout > 0, f"--oracle-timeout must be positive, got {self.oracle_timeout}")

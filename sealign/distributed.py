@@ -239,9 +239,3 @@ class RayOraclePool(ActorGroup, PairwiseOracle):
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         return self._spread("score", prompts, responses)
-
-
-def release(oracle: Oracle) -> None:
-    """Stop the oracle's Ray actors, if it has any."""
-    if isinstance(oracle, RayOraclePool):
-        oracle.close()

@@ -49,16 +49,20 @@ def _read_jsonl(path: Path, *, repair: bool = True) -> list[dict]:
 
 
 class QueryLedger:
-    """queries.jsonl: every oracle-labelled training pair, written as soon as the label arrives.
+    """queries.jsonl: every oracle-labelled training pair, written as soon as the label arrives;
+    and unanswered.jsonl: the duels the oracle left without a label (a judge's unparseable
+    answer, a person's skip), with the query index they were asked at.
 
-    Storage only: it never calls the oracle. On resume it already holds pairs labelled after the
-    last checkpoint, and the collect step replays them instead of asking again
+    Storage only: it never calls the oracle. On resume it already holds what was asked after
+    the last checkpoint, and the collect step replays it instead of asking again
     (`sealign.loop.collect.label_duels`), so no label is ever asked twice or lost.
     """
 
     def __init__(self, path: Path):
         self.path = path
         self.rows = _read_jsonl(path)
+        self.unanswered_path = path.with_name("unanswered.jsonl")
+        self.unanswered = {(r["at"], r["prompt"], r["first"], r["second"]) for r in _read_jsonl(self.unanswered_path)}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -70,6 +74,11 @@ class QueryLedger:
     def append(self, rows: list[dict]) -> None:
         _append_jsonl(self.path, rows)
         self.rows.extend(rows)
+
+    def append_unanswered(self, duels: list[tuple[int, str, str, str]]) -> None:
+        """(query index asked at, prompt, first, second) of duels that got no label."""
+        _append_jsonl(self.unanswered_path, [{"at": at, "prompt": p, "first": a, "second": b} for at, p, a, b in duels])
+        self.unanswered.update(duels)
 
     def preferences(self, start: int, stop: int) -> Preferences:
         """The recorded labels start .. stop - 1 as (chosen, rejected) pairs for the learner."""

@@ -111,3 +111,9 @@ def test_console_script_entry_point():
 def test_json_into_missing_folder(capsys):
     code, _, err = run_cli(capsys, "export", "--out", "/tmp/x.jsonl", "--json", "/no/such/dir/out.json")
     assert_one_error_line(code, err, "/no/such/dir/out.json")
+
+
+def test_version(capsys):
+    from sealign import __version__
+
+    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"sealign {__version__}"

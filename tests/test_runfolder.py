@@ -127,3 +127,25 @@ def test_label_duels_replays_the_ledger_asks_only_the_rest_and_writes_before_ret
     assert got.first_wins.tolist() == [True, False, True, False]
     on_disk = [json.loads(line) for line in (tmp_path / "queries.jsonl").read_text().splitlines()]
     assert [r["index"] for r in on_disk] == [0, 1, 2, 3] and on_disk[3]["prompt"] == "p4"
+
+
+def test_a_resume_passes_over_duels_that_were_left_unanswered_and_asks_nothing_twice(tmp_path):
+    """Duel p1 got no label (a skip, an unparseable judge answer) and the batch was topped up
+    with p3. Replayed after a resume, p1 is neither asked again nor given p3's label."""
+    from sealign.loop.collect import label_duels
+    from sealign.records import Duels
+    from sealign.runfolder import QueryLedger
+
+    batch = Duels(["p0", "p1", "p2"], ["aaa", "?", "cc"], ["a", "b", "ccc"])
+    top_up = Duels(["p3"], ["dd"], ["d"])
+    ledger, oracle = QueryLedger(tmp_path / "queries.jsonl"), CountingOracle()
+    assert label_duels(ledger, oracle, batch, 0, step=0).kept == [0, 2]
+    assert label_duels(ledger, oracle, top_up, 2, step=0).kept == [0]
+    before = (tmp_path / "queries.jsonl").read_text()
+
+    ledger, oracle = QueryLedger(tmp_path / "queries.jsonl"), CountingOracle()
+    again = label_duels(ledger, oracle, batch, 0, step=0)
+    assert again.kept == [0, 2] and again.asked == 0 and again.mismatches == 0
+    assert again.first_wins.tolist() == [True, False]
+    assert label_duels(ledger, oracle, top_up, 2, step=0).asked == 0
+    assert oracle.asked == [] and (tmp_path / "queries.jsonl").read_text() == before

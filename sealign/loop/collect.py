@@ -28,37 +28,49 @@ class Answered:
     mismatches: int  # replayed rows whose duel differs from the regenerated one
 
 
+def replay(ledger: QueryLedger, duels: Duels, start: int) -> tuple[list[int], int, int]:
+    """Match what the ledger recorded from query index `start` on to the regenerated duels, in
+    order. Returns (positions that hold a recorded label, the first position never asked,
+    mismatches). A duel recorded as unanswered at that index is passed over, not asked again; a
+    row whose duel differs from the regenerated one (a resume that regenerates other samples)
+    keeps its place and is counted."""
+    rows = ledger.recorded(start, len(duels.prompts))
+    kept, mismatches = [], 0
+    for i, duel in enumerate(zip(duels.prompts, duels.first, duels.second)):
+        if (start + len(kept), *duel) in ledger.unanswered:
+            continue
+        if len(kept) == len(rows):
+            return kept, i, mismatches
+        row = rows[len(kept)]
+        mismatches += (row["prompt"], row["first"], row["second"]) != duel
+        kept.append(i)
+    return kept, len(duels.prompts), mismatches
+
+
 def label_duels(ledger: QueryLedger, oracle, duels: Duels, start: int, step: int) -> Answered:
     """Labels for query indices start, start + 1, ...: replayed from the ledger where it holds them
     (a resume), asked of the oracle for the rest, each answer written before this returns. A duel
-    the oracle could not judge gets no label and no index."""
-    n = len(duels.prompts)
-    recorded = ledger.recorded(start, n)
-    oracle.skip(len(recorded))  # the oracle's label noise is keyed by the label's index
-    kept = list(range(len(recorded)))
-    fresh = list(range(len(recorded), n))
+    the oracle could not judge gets no label and no index, and is recorded as unanswered."""
+    kept, first_fresh, mismatches = replay(ledger, duels, start)
+    oracle.skip(len(kept))  # the oracle's label noise is keyed by the label's index
+    fresh = list(range(first_fresh, len(duels.prompts)))
     if fresh:
         tail = duels.subset(fresh)
         labels = oracle.label(tail.prompts, tail.first, tail.second)
-        answered = [i for i, ok in zip(fresh, labels.answered.tolist()) if ok]
-        ledger.append(
-            [
-                {
-                    "index": start + len(kept) + j,
-                    "step": step,
-                    "prompt": duels.prompts[i],
-                    "first": duels.first[i],
-                    "second": duels.second[i],
-                    "first_wins": bool(w),
-                    "version": duels.version,
-                }
-                for j, (i, w) in enumerate(zip(answered, labels.first_wins.tolist()))
-            ]
-        )
-        kept += answered
-    mismatches = sum(
-        (r["prompt"], r["first"], r["second"]) != (p, a, b) for r, p, a, b in zip(recorded, duels.prompts, duels.first, duels.second)
-    )
+        wins, rows, unanswered = iter(labels.first_wins.tolist()), [], []
+        for i, ok in zip(fresh, labels.answered.tolist()):
+            at = start + len(kept)  # the next query index: an unanswered duel takes none
+            duel = (duels.prompts[i], duels.first[i], duels.second[i])
+            if not ok:
+                unanswered.append((at, *duel))
+                continue
+            rows.append(
+                {"index": at, "step": step, "prompt": duel[0], "first": duel[1], "second": duel[2], "first_wins": bool(next(wins)), "version": duels.version}
+            )
+            kept.append(i)
+        if unanswered:  # first: a kill between the two writes must not leave rows whose skips are unknown
+            ledger.append_unanswered(unanswered)
+        ledger.append(rows)
     z = torch.tensor([r["first_wins"] for r in ledger.recorded(start, len(kept))], dtype=torch.bool)
     return Answered(kept, z, len(fresh), mismatches)
 

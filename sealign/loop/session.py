@@ -23,7 +23,7 @@ from sealign.errors import SealignError
 from sealign.explorer import Explorer
 from sealign.learner import Learner, LearnerConfig
 from sealign.loop.state import LoopState, PromptStream
-from sealign.models import Models, erm_backbone_source, fingerprint, load_models, preference_model_source
+from sealign.models import Models, erm_backbone_source, fingerprint, load_models, on_builtin_task, preference_model_source
 from sealign.oracles import make_oracle
 from sealign.policy import check_fits, sequence_logprobs
 from sealign.runfolder import RunFolder
@@ -76,11 +76,10 @@ class Session:
         return self.state.wall + time.perf_counter() - self.started
 
     def close(self) -> None:
+        """Stop the actors, and an oracle that holds something (a Ray pool, the labelling page)."""
         self.actors.close()
-        if self.run.backend.backend == "ray":
-            from sealign import distributed
-
-            distributed.release(self.oracle)
+        if hasattr(self.oracle, "close"):
+            self.oracle.close()
 
 
 def build_session(run: RunConfig, folder: RunFolder, saved: Optional[dict], *, progress: bool) -> Session:
@@ -138,6 +137,8 @@ def build_session(run: RunConfig, folder: RunFolder, saved: Optional[dict], *, p
     )
     if saved is None:  # everything that can fail on bad input has been built: now the run exists
         folder.create({**run.to_dict(), **frozen})
+    if hasattr(oracle, "attach"):  # an oracle that keeps what people answered in the run folder
+        oracle.attach(folder.path, cfg.budget)
     return Session(
         run, agent, folder, train_records, holdout, {"train": skipped_train, "eval": skipped_eval}, max_new_tokens,
         judge, oracle, learner, actor, actors, explorer, PromptStream(train_records, cfg.seed),
@@ -163,6 +164,8 @@ def _frozen_sources(run: RunConfig, agent: Agent, progress: bool) -> tuple[Optio
     """The ERM's backbone (None: pi_ref) and pooling, and the training oracle's spec if not --oracle."""
     backbone, pooling = erm_backbone_source(run.erm, run.task, run.pm, run.model, run.data, progress=progress) if agent.learn_erm else (None, "")
     labeller = run.oracle.train_oracle
+    if run.oracle.kind == "human" and not on_builtin_task(run.model, run.data):
+        raise SealignError("--oracle human: the task's reward judges the evaluation; on your own data give --oracle SPEC --train-oracle human")
     if labeller == "pm":
         labeller = "rm:" + preference_model_source(run.task, run.pm, run.model, run.data, "--train-oracle pm", progress=progress)
     return backbone, pooling, labeller
@@ -183,7 +186,9 @@ def _oracles(run: RunConfig, task, labeller: Optional[str]) -> tuple[Any, Any]:
     """(judge, labeller): the evaluation's oracle and the training duels' one, pooled on Ray actors
     where the backend asks for it."""
     judge = oracle = make_oracle(run.oracle, task)
-    if labeller is not None:
+    if run.oracle.kind == "human":  # people label; the task's hidden reward judges the evaluation
+        judge = make_oracle(dataclasses.replace(run.oracle, oracle="task"), task)
+    elif labeller is not None:
         oracle = make_oracle(_labeller_config(run.oracle, labeller), task)
     if run.backend.backend == "ray":  # imported only here: the local backend never loads Ray
         from sealign import distributed

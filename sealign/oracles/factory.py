@@ -23,6 +23,10 @@ def make_oracle(cfg: OracleConfig, task: KeywordsTask | None = None) -> Oracle:
         from sealign.oracles.reward_model import reward_model_oracle
 
         return reward_model_oracle(cfg.target, cfg)
+    if cfg.kind == "human":
+        from sealign.oracles.human import HumanOracle
+
+        return HumanOracle(cfg)
     if cfg.kind == "judge":
         from sealign.oracles.judge import JudgeOracle
 
