@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -9,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, ClassVar, Optional
 
 from rich.table import Table
 from transformers import HfArgumentParser
@@ -32,8 +33,39 @@ from sealign.errors import SealignError
 from sealign.progress import console, stdout
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each option once, in its dash form; a yes/no option as `--flag` (with `/ --no-flag` when it
+    is on by default); the default appended only where the help text does not state one."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        names = [o for o in action.option_strings if "_" not in o] or action.option_strings
+        if _is_flag(action):
+            return names[0] + (f" / --no-{names[0][2:]}" if action.default is True else "")
+        if action.nargs == 0 or not names:
+            return super()._format_action_invocation(action)
+        return f"{', '.join(names)} {self._format_args(action, action.dest.upper())}"
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, False, True, argparse.SUPPRESS)) or _is_flag(action):
+            return text
+        return f"{text} (default: {action.default})"
+
+
+def _is_flag(action: argparse.Action) -> bool:
+    return action.nargs == "?" and action.const is True
+
+
 class _Parser(HfArgumentParser):
-    """argparse over dataclasses whose every mistake becomes one SealignError line."""
+    """argparse over dataclasses whose every mistake becomes one SealignError line; options are
+    grouped by the dataclass they fill (its `_argument_group_name`)."""
+
+    def __init__(self, types, **kwargs):
+        kwargs.setdefault("usage", "%(prog)s [--config RECIPE.yaml] [options]")
+        super().__init__(types, formatter_class=_HelpFormatter, **kwargs)
+        for action in self._actions:
+            if action.option_strings and all(o.startswith("--no") for o in action.option_strings) and action.const is False:
+                action.help = argparse.SUPPRESS  # shown with its yes-form, as --flag / --no-flag
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise SealignError(message)
@@ -41,12 +73,14 @@ class _Parser(HfArgumentParser):
 
 @dataclass
 class OutputArgs:
+    _argument_group_name: ClassVar[str] = "output"
     json: Optional[str] = field(default=None, metadata={"help": "also write the figures to this JSON file"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars"})
 
 
 @dataclass
 class ServeArgs:
+    _argument_group_name: ClassVar[str] = "server"
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0: every interface)"})
     port: int = field(default=8000, metadata={"help": "TCP port"})
     max_batch: int = field(default=64, metadata={"help": "most pairs (or responses) scored in one batch"})
@@ -58,12 +92,14 @@ class ServeArgs:
 
 @dataclass
 class ExportArgs:
+    _argument_group_name: ClassVar[str] = "export"
     out: str = field(metadata={"help": "JSONL file to write"})
     split: str = field(default="holdout", metadata={"help": "which split", "choices": ["train", "holdout"]})
 
 
 @dataclass
 class StudyArgs:
+    _argument_group_name: ClassVar[str] = "study"
     study: str = field(metadata={"help": "a preset (fig1, fig5, fig6, fig7, losses) or a YAML file; may be given first, without --study"})
     out: str = field(metadata={"help": "study folder: runs/ inside it are shared between studies, reports go to OUT/NAME/"})
     seeds: int = field(default=3, metadata={"help": "seeds FIRST .. FIRST+N-1 of every arm"})
@@ -75,6 +111,7 @@ class StudyArgs:
 
 @dataclass
 class PlotArgs:
+    _argument_group_name: ClassVar[str] = "plot"
     runs: list[str] = field(metadata={"help": "run folders; may be given first, without --runs"})
     out: str = field(default="runs.png", metadata={"help": "PNG file to write"})
     metric: str = field(default="win_rate", metadata={"help": "metrics.jsonl column", "choices": ["win_rate", "online_win_rate", "win_prob", "kl", "loss"]})
@@ -82,6 +119,7 @@ class PlotArgs:
 
 @dataclass
 class DemoArgs:
+    _argument_group_name: ClassVar[str] = "demo"
     out: str = field(default="runs/demo", metadata={"help": "folder of the demo's runs, report and plot (reused when run again)"})
     budget: int = field(default=2000, metadata={"help": "query budget of each agent"})
     eval_every: int = field(default=250, metadata={"help": "queries between evaluations"})

@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from sealign.errors import SealignError
 
@@ -33,6 +33,8 @@ def config_hash(*parts: Any, length: int = 12) -> str:
 @dataclass
 class TaskConfig:
     """Which built-in task, and the seed of its hidden preferences and data."""
+
+    _argument_group_name: ClassVar[str] = "task"
 
     task: str = field(default="keywords", metadata=_help("built-in task name"))
     task_seed: int = field(default=0, metadata=_help("seed of the task's hidden reward and its data splits"))
@@ -61,6 +63,8 @@ POLICY_SIZES: dict[str, tuple[int, int, int]] = {
 class PolicyConfig:
     """Architecture of the built-in reference policy (a transformers GPT-2)."""
 
+    _argument_group_name: ClassVar[str] = "policy (built-in pi_ref)"
+
     size: str = field(default="tiny", metadata=_help("built-in policy size", choices=sorted(POLICY_SIZES)))
 
     def __post_init__(self) -> None:
@@ -74,6 +78,8 @@ class PolicyConfig:
 @dataclass
 class SFTConfig:
     """Supervised fine-tuning of pi_ref on the task's imperfect demonstrations."""
+
+    _argument_group_name: ClassVar[str] = "SFT of the built-in pi_ref"
 
     sft_steps: int = field(default=4000, metadata=_help("optimizer steps"))
     sft_batch_size: int = field(default=32, metadata=_help("demonstrations per step"))
@@ -92,6 +98,8 @@ class SFTConfig:
 class PreferenceModelConfig:
     """The built-in task's pretrained preference model (the paper's PairRM): a small transformers
     reward model fitted by Bradley-Terry to the task's public judge, never to the oracle."""
+
+    _argument_group_name: ClassVar[str] = "preference model (built-in task)"
 
     pm_steps: int = field(default=1500, metadata=_help("optimizer steps"))
     pm_batch_size: int = field(default=64, metadata=_help("judged pairs per step"))
@@ -131,6 +139,8 @@ def _check_device(device: str, flag: str) -> None:
 @dataclass
 class OracleConfig:
     """Who answers "which response is better?" and how P(a > b) becomes a label (paper §2.1, Eq. 3)."""
+
+    _argument_group_name: ClassVar[str] = "oracle"
 
     oracle: str = field(
         default="task",
@@ -252,6 +262,8 @@ def _check_source(flag: str, name: Optional[str], *, data: bool = False) -> None
 class ModelConfig:
     """Which policy to align: any transformers causal LM (paper §5.2 uses Pythia TL;DR SFT models)."""
 
+    _argument_group_name: ClassVar[str] = "model (your own policy)"
+
     policy: Optional[str] = field(
         default=None, metadata=_help("causal LM to align (hub name or folder); default: the built-in task's SFT pi_ref")
     )
@@ -284,6 +296,8 @@ class ModelConfig:
 class DataConfig:
     """Prompts and references: the task's, or a user's file or datasets-hub dataset (paper §5.2: TL;DR)."""
 
+    _argument_group_name: ClassVar[str] = "data"
+
     data: Optional[str] = field(
         default=None, metadata=_help("prompts + references: a .jsonl/.csv/.parquet file or a datasets-hub name; default: the task's")
     )
@@ -311,6 +325,8 @@ class DataConfig:
 class EvalConfig:
     """Win rate against the references on held-out prompts (paper §5.2, Metrics)."""
 
+    _argument_group_name: ClassVar[str] = "evaluation"
+
     sample: bool = field(default=False, metadata=_help("sample instead of greedy decoding"))
     temperature: float = field(default=0.7, metadata=_help("sampling temperature when sampling"))
     best_of: int = field(
@@ -328,6 +344,8 @@ class EvalConfig:
 @dataclass
 class ERMConfig:
     """The epistemic reward model (paper §4.2): K MLP heads on a frozen backbone, trained by Eq. 9."""
+
+    _argument_group_name: ClassVar[str] = "ERM (epistemic reward model)"
 
     erm_heads: int = field(default=20, metadata=_help("K: ensemble heads (posterior samples)"))
     erm_hidden: int = field(default=128, metadata=_help("width of each head's two hidden layers"))
@@ -388,6 +406,8 @@ BURN_IN_SHARE = 0.2  # paper: 1k of 50k queries (2%); our ERM starts from scratc
 @dataclass
 class TrainConfig:
     """One alignment run: agent, DAP loss, query budget and the loop's knobs (paper §5.2)."""
+
+    _argument_group_name: ClassVar[str] = "agent and loop"
 
     agent: str = field(
         default="online",
@@ -529,6 +549,8 @@ class BackendConfig:
     which prompts under which seed) and are kept by a resumed run; the rest only places the
     work, so a run may resume on another backend or cluster and still give the same labels.
     """
+
+    _argument_group_name: ClassVar[str] = "backend"
 
     backend: str = field(default="local", metadata=_help("local: one process; ray: actors and oracle as Ray actors", choices=list(BACKENDS)))
     actors: int = field(

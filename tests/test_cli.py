@@ -117,3 +117,17 @@ def test_version(capsys):
     from sealign import __version__
 
     assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"sealign {__version__}"
+
+
+def test_train_help_lists_each_option_once_in_groups(capsys):
+    import re
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    options = re.findall(r"^  (--[a-z0-9-]+)", text, flags=re.M)  # the first name of every entry
+    assert len(options) == len(set(options)) and "--task-seed" in options and "--task_seed" not in text
+    assert "--quiet [QUIET]" not in text and "--rm-chat-template / --no-rm-chat-template" in text
+    assert "(default: None)" not in text and text.count("(default:") < len(options)
+    for group in ("task:", "oracle:", "ERM (epistemic reward model):", "agent and loop:", "backend:", "output:"):
+        assert f"\n{group}\n" in text
