@@ -30,7 +30,7 @@ from sealign.config import (
     TrainConfig,
 )
 from sealign.errors import SealignError
-from sealign.progress import console, stdout
+from sealign.progress import console, quiet_libraries, stdout
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -298,8 +298,7 @@ def cmd_train(
     t = summary["seconds"]
     table.add_row(
         str(summary["queries"]),
-        f"{summary['initial_win_rate']:.3f}",
-        f"{summary['final_win_rate']:.3f}",
+        *("-" if summary[k] is None else f"{summary[k]:.3f}" for k in ("initial_win_rate", "final_win_rate")),
         str(summary["wall_seconds"]),
         *(f"{t[k]:.1f}" for k in ("generate", "select", "oracle", "learn", "eval")),
     )
@@ -529,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         out = cfgs[-1]  # every command ends with OutputArgs
         if out.json and not Path(out.json).resolve().parent.is_dir():
             raise SealignError(f"--json {out.json!r}: its folder does not exist")
-        _quiet_libraries()
+        quiet_libraries()
         result = fn(*cfgs)
         if out.json:
             Path(out.json).write_text(json.dumps(result, indent=1, default=str))
@@ -538,10 +537,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sealign: error: {e}", file=sys.stderr)
         return 2
 
-
-def _quiet_libraries() -> None:
-    """transformers' own progress bars and advisories would drown ours."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()

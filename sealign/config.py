@@ -193,7 +193,7 @@ class OracleConfig:
     label_timeout: float = field(default=120.0, metadata=_help("human: seconds a duel stays with one person before it is offered again"))
     oracle_timeout: float = field(default=60.0, metadata=_help("judge, remote: seconds before a request is abandoned and retried"))
     oracle_retries: int = field(default=6, metadata=_help("judge, remote: retries (exponential backoff) on timeouts, 429 and 5xx"))
-    oracle_backoff: float = field(default=0.5, metadata=_help("judge, remote: seconds before the first retry; doubles each time"))
+    oracle_backoff: float = field(default=0.5, metadata=_help("remote: seconds before the first retry; doubles each time (a judge backs off as the openai SDK does)"))
 
     def __post_init__(self) -> None:
         kind, _ = oracle_kind(self.oracle)
@@ -451,6 +451,14 @@ class TrainConfig:
     out: Optional[str] = field(default=None, metadata=_help("run folder (must not exist unless --resume)"))
     resume: Optional[str] = field(default=None, metadata=_help("continue the run in this folder"))
     deterministic: bool = field(default=False, metadata=_help("torch deterministic algorithms (bit-exact resume)"))
+    report_to: str = field(
+        default="tensorboard", metadata=_help("trackers, comma-separated: tensorboard, wandb, trackio, or none (wandb and trackio are extras)")
+    )
+    push_to_hub: Optional[str] = field(
+        default=None, metadata=_help("upload the trained policy, with a model card from the run, to this hub repo (OWNER/NAME)")
+    )
+    log_every: int = field(default=1, metadata=_help("learner steps between the trackers' train/* scalars"))
+    eval_samples: int = field(default=8, metadata=_help("completions of each evaluation kept in completions.jsonl and the trackers"))
 
     def __post_init__(self) -> None:
         from sealign.agents import AGENTS
@@ -502,6 +510,18 @@ class TrainConfig:
         _require(self.checkpoint_every > 0, f"--checkpoint-every must be positive, got {self.checkpoint_every}")
         _require(0.0 <= self.label_smoothing < 0.5, f"--label-smoothing must be in [0, 0.5), got {self.label_smoothing}")
         _require(self.label_smoothing == 0.0 or self.loss == "dpo", "--label-smoothing applies to --loss dpo only")
+        from sealign.trackers import parse_report_to
+
+        parse_report_to(self.report_to)  # an unknown or uninstalled tracker fails here
+        if self.push_to_hub is not None:
+            from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+            try:
+                validate_repo_id(self.push_to_hub)
+            except HFValidationError:
+                raise SealignError(f"--push-to-hub {self.push_to_hub!r} is not a hub repo name (OWNER/NAME)") from None
+        _require(self.log_every >= 1, f"--log-every must be at least 1, got {self.log_every}")
+        _require(self.eval_samples >= 0, f"--eval-samples must be >= 0, got {self.eval_samples}")
         _require((self.out is None) != (self.resume is None), "give exactly one of --out (new run) or --resume (existing run)")
 
     def batch_split(self, learned: int) -> tuple[int, int]:

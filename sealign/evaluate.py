@@ -45,11 +45,13 @@ def evaluate_policy(
     *,
     max_new_tokens: int,
     scorer: Scorer | None = None,
+    samples: int = 0,
 ) -> dict[str, float]:
     """Win rate of the policy's responses against `records`' references.
 
     Greedy by default; with `cfg.best_of > 1` it samples N responses per prompt and keeps the
     one `scorer` ranks first (Best-of-N, Table 1). Oracle calls made here are evaluation calls.
+    With `samples`, the first that many (prompt, response, reference, P(win)) come back too.
     """
     prompts = [r.prompt for r in records]
     if cfg.best_of > 1 and scorer is None:
@@ -67,10 +69,17 @@ def evaluate_policy(
         generator_seed=None if greedy else cfg.eval_seed,
     )
     responses = best_of_n(candidates, prompts, scorer) if cfg.best_of > 1 else [c[0] for c in candidates]
-    return evaluate_responses(oracle, records, responses)
+    return evaluate_responses(oracle, records, responses, samples)
 
 
-def evaluate_responses(oracle: Oracle, records: Sequence[PromptRecord], responses: Sequence[str]) -> dict[str, float]:
-    """Win statistics of given responses against the records' references, plus their mean length in words."""
+def evaluate_responses(oracle: Oracle, records: Sequence[PromptRecord], responses: Sequence[str], samples: int = 0) -> dict:
+    """Win statistics of given responses against the records' references, plus their mean length
+    in words (and the first `samples` completions, each with its P(win))."""
     probs = oracle.compare([r.prompt for r in records], responses, [r.reference for r in records])
-    return {**win_stats(probs), "mean_length": sum(len(r.split()) for r in responses) / len(responses)}
+    stats = {**win_stats(probs), "mean_length": sum(len(r.split()) for r in responses) / len(responses)}
+    if samples:
+        stats["samples"] = [
+            {"prompt": r.prompt, "response": y, "reference": r.reference, "win_prob": None if p != p else round(p, 4)}
+            for r, y, p in zip(records[:samples], responses, probs.tolist())
+        ]
+    return stats

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sealign.config import PolicyConfig
+from sealign.data import messages_of
 from sealign.errors import SealignError
 
 
@@ -63,11 +64,12 @@ def load_policy(
 
 def prompt_inputs(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> tuple[list[str], bool]:
     """The texts the policy reads for `prompts`, and whether to add the tokenizer's special tokens
-    (a chat template writes its own)."""
+    (a chat template writes its own). Through the template, a chat-format prompt is its whole
+    conversation, a plain one a user turn."""
     if not getattr(tokenizer, "sealign_chat", False):
         return list(prompts), True
     texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": x}], tokenize=False, add_generation_prompt=True)
+        tokenizer.apply_chat_template(messages_of(x) or [{"role": "user", "content": x}], tokenize=False, add_generation_prompt=True)
         for x in prompts
     ]
     return texts, False

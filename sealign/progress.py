@@ -21,3 +21,12 @@ def progress_bar(enabled: bool = True) -> Progress:
         console=console,
         disable=not enabled,
     )
+
+
+def quiet_libraries() -> None:
+    """transformers' own progress bars and advisories would drown ours, in the CLI and when the
+    loop is driven from Python (datasets' are turned off where data is loaded)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

@@ -97,7 +97,6 @@ class RunFolder:
     def __init__(self, path: str | Path, *, resume: bool):
         self.path = Path(path)
         self._lock = filelock.FileLock(self.path / LOCK, timeout=0)
-        self._tb = None
         if resume:
             if not (self.path / "config.json").is_file():
                 raise SealignError(f"cannot resume {str(self.path)!r}: no config.json there")
@@ -133,39 +132,26 @@ class RunFolder:
     def append_metrics(self, row: dict) -> None:
         _append_jsonl(self.path / "metrics.jsonl", [row])
 
-    def log_scalars(self, row: dict) -> None:
-        """Mirror a metrics row to TensorBoard, indexed by queries."""
-        if self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.path / "tb"))
-        for key, value in row.items():
-            if key != "queries" and isinstance(value, (int, float)):
-                self._tb.add_scalar(key, value, row["queries"])
-
-    def purge_scalars_after(self, queries: int) -> None:
-        """On resume, TensorBoard forgets points past the checkpoint, which are written again."""
-        from torch.utils.tensorboard import SummaryWriter
-
-        self._tb = SummaryWriter(str(self.path / "tb"), purge_step=queries + 1)
+    def append_completions(self, rows: list[dict]) -> None:
+        """Sample completions of an evaluation (prompt, response, reference, win)."""
+        _append_jsonl(self.path / "completions.jsonl", rows)
 
     def close(self) -> None:
-        """Flush TensorBoard and let another process have the folder."""
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        """Let another process have the folder."""
         self._lock.release()
 
     def metrics(self) -> list[dict]:
         return _read_jsonl(self.path / "metrics.jsonl")
 
     def keep_metrics_until(self, queries: int) -> None:
-        """Drop evaluation rows newer than a checkpoint: the resumed run writes them again."""
-        rows = [r for r in self.metrics() if r["queries"] <= queries]
-        path = self.path / "metrics.jsonl"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, path)
+        """Drop evaluation rows (and their completions) newer than a checkpoint: the resumed run
+        writes them again."""
+        for name in ("metrics.jsonl", "completions.jsonl"):
+            path = self.path / name
+            rows = [r for r in _read_jsonl(path) if r["queries"] <= queries]
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp, path)
 
     def save_checkpoint(self, state: dict) -> None:
         """Atomic: the previous checkpoint stays valid until the new one is complete."""

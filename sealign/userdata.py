@@ -7,17 +7,21 @@ prompt asks a different question, and its reference no longer answers it.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sealign.config import DataConfig
-from sealign.data import PromptRecord, read_records
+from sealign.data import PromptRecord, read_records, records_from_rows
 from sealign.errors import SealignError
 from sealign.policy import prompt_lengths
+from sealign.sft import cache_root
 
 Check = Optional[Callable[[PromptRecord], Optional[str]]]
 FILE_BUILDERS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".json": "json"}
@@ -28,22 +32,6 @@ class UserData:
     train: list[PromptRecord]
     eval: list[PromptRecord]
     skipped_long: int = 0  # prompts dropped for exceeding max_prompt_tokens, both splits together
-
-
-def _rows_to_records(rows: Sequence[dict], where: str, cfg: DataConfig, check: Check) -> list[PromptRecord]:
-    records = []
-    for i, row in enumerate(rows):
-        for key in (cfg.prompt_key, cfg.reference_key):
-            if key not in row:
-                raise SealignError(f"{where}: row {i}: missing field {key!r} (choose with --prompt-key / --reference-key)")
-            if not isinstance(row[key], str):
-                raise SealignError(f"{where}: row {i}: field {key!r} must be a string")
-        record = PromptRecord(prompt=row[cfg.prompt_key], reference=row[cfg.reference_key])
-        problem = check(record) if check else None
-        if problem:
-            raise SealignError(f"{where}: row {i}: {problem}")
-        records.append(record)
-    return records
 
 
 def load_splits(source: str, cfg: DataConfig, check: Check = None) -> dict[str, list[PromptRecord]]:
@@ -66,7 +54,10 @@ def load_splits(source: str, cfg: DataConfig, check: Check = None) -> dict[str, 
         raise
     except Exception as e:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ...)
         raise SealignError(f"cannot load data {source!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    splits = {name: _rows_to_records(list(split), f"{source} [{name}]", cfg, check) for name, split in loaded.items()}
+    splits = {
+        name: records_from_rows(((f"{source} [{name}]: row {i}", row) for i, row in enumerate(split)), cfg.prompt_key, cfg.reference_key, check)
+        for name, split in loaded.items()
+    }
     for name, records in splits.items():
         if not records:
             raise SealignError(f"{source} [{name}]: no records")
@@ -114,9 +105,31 @@ def drop_long(
 
 def evaluation_records(cfg: DataConfig, check: Check = None) -> list[PromptRecord]:
     """What `sealign eval --data` judges: --eval-data, else the eval split of --data, else all of
-    --data; at most `eval_size` records."""
+    --data; at most `eval_size` records, each with a reference."""
     if cfg.data is None:
         raise ValueError("evaluation_records needs --data")
-    splits = load_splits(cfg.eval_data or cfg.data, cfg, check)
+
+    def with_reference(record: PromptRecord) -> Optional[str]:
+        if record.reference is None:
+            return "no reference (sealign eval measures the win rate against one)"
+        return check(record) if check else None
+
+    splits = load_splits(cfg.eval_data or cfg.data, cfg, with_reference)
     records = splits.get(cfg.eval_split) or splits.get(cfg.train_split) or next(iter(splits.values()))
     return records[: cfg.eval_size]
+
+
+def stage_rows(rows: Iterable[dict]) -> str:
+    """A `datasets.Dataset` (or any rows) given from Python, written once as JSONL under
+    $SEALIGN_HOME/data/ keyed by its content, so that config.json can name it and a resume
+    reads the same rows."""
+    lines = "".join(json.dumps(dict(row), ensure_ascii=False, sort_keys=True, default=str) + "\n" for row in rows)
+    if not lines:
+        raise SealignError("the dataset given has no rows")
+    path = cache_root() / "data" / f"{hashlib.sha256(lines.encode()).hexdigest()[:16]}.jsonl"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(lines, encoding="utf-8")
+        os.replace(tmp, path)
+    return str(path)

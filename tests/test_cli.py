@@ -62,7 +62,9 @@ GOOD_LINE = '{"prompt": "apple river TL;DR:", "reference": "apple"}\n'
 @pytest.mark.parametrize(
     "content, line, fragment",
     [
-        (GOOD_LINE + '{"prompt": "river TL;DR:"}\n', 2, "missing field 'reference'"),
+        (GOOD_LINE + '{"prompt": "river TL;DR:"}\n', 2, "no reference (sealign eval measures the win rate against one)"),
+        (GOOD_LINE + '{"prompt": "river TL;DR:", "reference": 3}\n', 2, "field 'reference' must be a string"),
+        (GOOD_LINE + '{"reference": "river"}\n', 2, "missing field 'prompt'"),
         (GOOD_LINE + "\n{not json\n", 3, "not valid JSON"),
         (GOOD_LINE + '{"prompt": "hello world TL;DR:", "reference": "hello"}\n', 2, "hello"),  # outside the vocabulary
         (GOOD_LINE + '{"prompt": "apple river", "reference": "apple"}\n', 2, "TL;DR:"),

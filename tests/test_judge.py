@@ -32,7 +32,8 @@ class StandIn(BaseHTTPRequestHandler):
     """Prefers the response that sorts first (p = 0.8); a garbage answer when the two lengths in
     characters add up to a multiple of 3 (a third of the pairs), or the texts are equal. A
     prompt containing MODE:text answers in text only, MODE:garbage never names a response,
-    MODE:429 / MODE:503 / MODE:timeout fail the first time a body is seen."""
+    MODE:429 / MODE:503 / MODE:timeout fail the first time a body is seen, MODE:retryafter answers
+    it with 429 and Retry-After: 1.5."""
 
     seen: Counter = Counter()
     shown_first: list = []
@@ -40,9 +41,11 @@ class StandIn(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output clean
         pass
 
-    def _send(self, code: int, body: dict) -> None:
+    def _send(self, code: int, body: dict, **headers: str) -> None:
         data = json.dumps(body).encode()
         self.send_response(code)
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -59,6 +62,9 @@ class StandIn(BaseHTTPRequestHandler):
         mode = mode.group(1) if mode else "logprobs"
         StandIn.seen[raw] += 1
         StandIn.shown_first.append(first)
+        if mode == "retryafter" and StandIn.seen[raw] == 1:
+            StandIn.refused_at = time.monotonic()
+            return self._send(429, {"error": "slow down"}, Retry_After="1.5")
         if mode in ("429", "503", "timeout") and StandIn.seen[raw] == 1:
             if mode == "timeout":
                 time.sleep(1.0)
@@ -83,7 +89,7 @@ def stand_in(monkeypatch):
 
 
 def judge(url: str, **kw) -> object:
-    return make_oracle(OracleConfig(oracle="judge:stand-in", judge_base_url=url, oracle_timeout=0.3, oracle_backoff=0.01, **kw))
+    return make_oracle(OracleConfig(**{"oracle": "judge:stand-in", "judge_base_url": url, "oracle_timeout": 0.3, **kw}))
 
 
 def test_parse_answer_by_hand():
@@ -135,3 +141,11 @@ def test_a_run_judged_by_the_stand_in(tmp_path, tiny_models, prompts_jsonl, stan
     assert summary["queries"] == 8 and summary["unanswered"] > 0  # asked, not labelled, not charged
     for name in ("config.json", "summary.json", "metrics.jsonl", "queries.jsonl"):
         assert KEY not in (out / name).read_text()
+
+
+def test_a_429_with_retry_after_is_honoured(stand_in):
+    oracle = judge(stand_in, oracle_timeout=5.0)
+    probs = oracle.compare(["MODE:retryafter TL;DR:"], ["apple"], ["river"])
+    waited = time.monotonic() - StandIn.refused_at
+    assert probs.tolist() == [0.8] and sorted(StandIn.seen.values()) == [2]  # refused once, answered on the retry
+    assert waited >= 1.4  # the SDK waited as long as the server asked (its own backoff starts at 0.5 s)

@@ -27,7 +27,8 @@ def save_checkpoint(s: Session) -> None:
 
 def restore(s: Session) -> None:
     """Continue from the last checkpoint, if any (a run killed before its first starts over, with
-    its ledger replayed); metrics rows and TensorBoard points after it are written again."""
+    its ledger replayed); metrics rows after it are written again (and tracker points: see
+    sealign.trackers)."""
     checkpoint = s.folder.load_checkpoint()
     if checkpoint is not None:
         s.learner.load_state_dict(checkpoint["learner"])
@@ -41,4 +42,3 @@ def restore(s: Session) -> None:
         s.actors.sync(s.actor.model, s.actor.version)  # remote actors start from pi_ref's weights
     s.restarts_before = s.state.restarts
     s.folder.keep_metrics_until(s.state.learned if checkpoint is not None else -1)
-    s.folder.purge_scalars_after(s.state.learned)

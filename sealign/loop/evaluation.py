@@ -23,11 +23,14 @@ def evaluate(s: "Session") -> dict:
     figures since the last evaluation, the counters and the clocks."""
     state, cfg = s.state, s.cfg
     scorer = s.explorer.mean_reward if cfg.eval_bon > 1 else None
-    with state.timer("eval"):
-        stats = evaluate_policy(
-            s.learner.model, s.tokenizer, s.judge, s.holdout, EvalConfig(best_of=cfg.eval_bon), max_new_tokens=s.max_new_tokens, scorer=scorer
-        )
-    state.eval_calls += len(s.holdout)
+    stats = dict.fromkeys(("win_rate", "win_prob", "mean_length"), None) | {"unanswered": 0}  # no references: not measured
+    if s.evaluable:
+        with state.timer("eval"):
+            stats = evaluate_policy(
+                s.learner.model, s.tokenizer, s.judge, s.holdout, EvalConfig(best_of=cfg.eval_bon), max_new_tokens=s.max_new_tokens,
+                scorer=scorer, samples=cfg.eval_samples,
+            )  # fmt: skip
+        state.eval_calls += len(s.holdout)
     row = {
         "queries": state.learned,
         "step": state.step,
@@ -46,7 +49,11 @@ def evaluate(s: "Session") -> dict:
         "wall": round(s.wall(), 2),
     }
     s.folder.append_metrics(row)
-    s.folder.log_scalars(row)
+    s.trackers.log(row, step=state.learned)
+    completions = [{"queries": state.learned, "step": state.step, **c} for c in stats.get("samples", [])]
+    if completions:
+        s.folder.append_completions(completions)
+        s.trackers.table("completions", completions, step=state.learned)
     return row
 
 
@@ -55,11 +62,12 @@ def diagnose(s: "Session", records: list, sel: "Selection", erm_pairs: Optional[
     agrees with the ERM's own labels, and whether the selected duels have larger true margins
     |r*(y) - r*(y')| than random pairs of the same candidates (the informativeness active
     exploration aims for)."""
-    judge, state = s.judge, s.state
+    judge, state, out = s.judge, s.state, {}
     prompts, refs = [r.prompt for r in records], [r.reference for r in records]
-    probs = torch.cat([judge.compare(prompts, sel.duels.first, refs), judge.compare(prompts, sel.duels.second, refs)])
-    state.eval_calls += 2 * len(prompts)
-    out = {"online_win_rate": win_stats(probs)["win_rate"]}
+    if None not in refs:
+        probs = torch.cat([judge.compare(prompts, sel.duels.first, refs), judge.compare(prompts, sel.duels.second, refs)])
+        state.eval_calls += 2 * len(prompts)
+        out["online_win_rate"] = win_stats(probs)["win_rate"]
     if erm_pairs is not None and len(erm_pairs):
         probs = judge.compare(erm_pairs.prompts, erm_pairs.chosen, erm_pairs.rejected)
         state.eval_calls += len(erm_pairs)

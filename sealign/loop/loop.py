@@ -8,12 +8,14 @@ how far its training has got through the data, so both share one x-axis.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from sealign.config import BackendConfig, RunConfig
 from sealign.errors import SealignError
+from sealign.hub import model_card, push_policy
 from sealign.learner import NonFiniteLoss
 from sealign.loop.checkpoint import restore, save_checkpoint
 from sealign.loop.collect import collect, submit
@@ -22,16 +24,25 @@ from sealign.loop.session import Session, build_session
 from sealign.loop.state import crossed
 from sealign.loop.summary import summarise
 from sealign.models import save_policy
-from sealign.progress import progress_bar
+from sealign.progress import console, progress_bar, quiet_libraries
 from sealign.records import Preferences
 from sealign.runfolder import RunFolder
+from sealign.trackers import Trackers, parse_report_to
+from sealign.userdata import stage_rows
 
 
-def train(run: RunConfig, *, progress: bool = False) -> dict:
+def train(run: RunConfig, *, progress: bool = False, data: Optional[Iterable[dict]] = None, eval_data: Optional[Iterable[dict]] = None) -> dict:
     """Run one agent until its budget is spent; returns the summary (also in summary.json).
-    A `run` whose train.resume names a folder continues it, as `resume` does."""
+    A `run` whose train.resume names a folder continues it, as `resume` does.
+
+    `data` and `eval_data` take a `datasets.Dataset` (or any rows of dicts) in place of
+    --data / --eval-data: they are staged as JSONL under $SEALIGN_HOME/data/, which config.json
+    then names, so that the run resumes like any other."""
     if run.train.resume is not None:
         return resume(run.train.resume, run.backend, progress=progress)
+    if data is not None or eval_data is not None:
+        staged = {"data": stage_rows(data) if data is not None else run.data.data, "eval_data": stage_rows(eval_data) if eval_data is not None else run.data.eval_data}
+        run = dataclasses.replace(run, data=dataclasses.replace(run.data, **staged))
     return _run(run, RunFolder(run.train.out, resume=False), None, progress)
 
 
@@ -49,15 +60,20 @@ def resume(folder: str | Path, backend: Optional[BackendConfig] = None, *, progr
 
 
 def _run(run: RunConfig, folder: RunFolder, saved: Optional[dict], progress: bool) -> dict:
+    quiet_libraries()
     try:
         s = build_session(run, folder, saved, progress=progress)
         try:
             if saved is not None:
                 restore(s)
+            s.trackers = Trackers(parse_report_to(run.train.report_to), folder.path, run.to_dict(), s.state.learned if saved else None)
             _loop(s, progress)
             save_policy(s.learner.model, s.tokenizer, folder.path / "policy")
             summary = summarise(s, folder.metrics()[-1])
             folder.write_summary(summary)
+            (folder.path / "policy" / "README.md").write_text(model_card(folder.read_config(), summary), encoding="utf-8")
+            if run.train.push_to_hub:
+                _push(folder.path / "policy", run.train.push_to_hub)
             return summary
         finally:
             s.close()
@@ -65,9 +81,19 @@ def _run(run: RunConfig, folder: RunFolder, saved: Optional[dict], progress: boo
         folder.close()
 
 
+def _push(policy: Path, repo: str) -> None:
+    try:
+        url = push_policy(policy, repo)
+    except Exception as e:  # the hub's errors are many kinds; the run itself is complete and saved
+        raise SealignError(f"--push-to-hub {repo}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; the policy is saved in {policy}") from None
+    console.print(f"policy pushed to {url}")
+
+
 def _loop(s: Session, progress: bool) -> None:
     """Steps until the budget is spent, evaluating and checkpointing on their schedules."""
     cfg, state = s.cfg, s.state
+    if not s.evaluable:
+        console.print("the evaluation prompts have no references: the win rate is not measured (give --eval-data with references)")
     s.started = time.perf_counter()
     rows = s.folder.metrics()
     last_row = rows[-1] if rows else evaluate(s)  # a resumed run continues from its saved rows
@@ -83,7 +109,8 @@ def _loop(s: Session, progress: bool) -> None:
                 state.wall, s.started = s.wall(), time.perf_counter()
                 save_checkpoint(s)
             loss = f"  loss {figures['loss']:.3f}" if "loss" in figures else ""
-            bar.update(job, completed=state.learned, info=f"win {last_row['win_rate']:.3f}{loss}")
+            win = "-" if last_row["win_rate"] is None else f"{last_row['win_rate']:.3f}"
+            bar.update(job, completed=state.learned, info=f"win {win}{loss}")
 
 
 def step(s: Session) -> dict:
@@ -122,5 +149,7 @@ def learn(s: Session, n_oracle: int, erm_batch: Preferences) -> dict:
     state.learned += n_oracle
     state.step += 1
     state.record(figures)
+    if state.step % s.cfg.log_every == 0:
+        s.trackers.log({f"train/{k}": v for k, v in figures.items()}, step=state.learned)
     return figures
 

@@ -18,7 +18,7 @@ import torch
 from sealign.actor import Actor, LocalActors
 from sealign.agents import AGENTS, Agent
 from sealign.config import OracleConfig, RunConfig
-from sealign.data import PromptRecord
+from sealign.data import PromptRecord, messages_of
 from sealign.errors import SealignError
 from sealign.explorer import Explorer
 from sealign.learner import Learner, LearnerConfig
@@ -55,6 +55,12 @@ class Session:
     asked: int = 0  # labels asked of the oracle in this session (not saved: a resume starts at 0)
     replay_mismatches: int = 0  # ledger rows that differ from the regenerated duels on resume
     restarts_before: int = 0  # Ray restarts of earlier sessions
+    trackers: Any = None  # sealign.trackers.Trackers, opened once the run's position is known
+
+    @property
+    def evaluable(self) -> bool:
+        """Whether the win rate can be measured: every evaluation prompt has a reference."""
+        return all(r.reference is not None for r in self.holdout)
 
     @property
     def cfg(self):
@@ -76,8 +82,10 @@ class Session:
         return self.state.wall + time.perf_counter() - self.started
 
     def close(self) -> None:
-        """Stop the actors, and an oracle that holds something (a Ray pool, the labelling page)."""
+        """Stop the actors, an oracle that holds something (a Ray pool, the labelling page), the trackers."""
         self.actors.close()
+        if self.trackers is not None:
+            self.trackers.close()
         if hasattr(self.oracle, "close"):
             self.oracle.close()
 
@@ -88,6 +96,8 @@ def build_session(run: RunConfig, folder: RunFolder, saved: Optional[dict], *, p
     cfg, agent = run.train, AGENTS[run.train.agent]
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
+    if run.oracle.kind == "human" and not on_builtin_task(run.model, run.data):
+        raise SealignError("--oracle human: the task's reward judges the evaluation; on your own data give --oracle SPEC --train-oracle human")
     task = make_task(run.task)
     # user data is read and checked before any model is loaded
     user = load_user_data(run.data, task.check_record if run.oracle.kind == "task" else None) if run.data.data else None
@@ -105,8 +115,10 @@ def build_session(run: RunConfig, folder: RunFolder, saved: Optional[dict], *, p
         _check_unchanged(saved, frozen, models)
     tokenizer, max_new_tokens = models.tokenizer, run.model.max_new_tokens or task.max_new_tokens
     limit = run.data.max_prompt_tokens
-    train_records, skipped_train, longest_train = drop_long(user.train if user else task.records("train"), tokenizer, limit)
-    holdout, skipped_eval, longest_eval = drop_long(user.eval if user else task.records("holdout"), tokenizer, limit)
+    train_records, holdout = (user.train, user.eval) if user else (task.records("train"), task.records("holdout"))
+    _read_conversations(tokenizer, [*train_records, *holdout])  # before lengths are measured: the template counts
+    train_records, skipped_train, longest_train = drop_long(train_records, tokenizer, limit)
+    holdout, skipped_eval, longest_eval = drop_long(holdout, tokenizer, limit)
     check_fits(models.policy, max(longest_train, longest_eval), max_new_tokens)
     judge, oracle = _oracles(run, task, labeller)
     learner = Learner(models.policy, tokenizer, learner_config(run), ref=models.ref)
@@ -145,6 +157,16 @@ def build_session(run: RunConfig, folder: RunFolder, saved: Optional[dict], *, p
     )  # fmt: skip
 
 
+def _read_conversations(tokenizer, records: list[PromptRecord]) -> None:
+    """Chat-format prompts reach the policy through its tokenizer's chat template (all prompts
+    then do, a plain one as a user turn)."""
+    if not any(messages_of(r.prompt) for r in records):
+        return
+    if not getattr(tokenizer, "chat_template", None):
+        raise SealignError("the data holds chat-format prompts, and the policy's tokenizer has no chat template")
+    tokenizer.sealign_chat = True
+
+
 def learner_config(run: RunConfig) -> LearnerConfig:
     cfg = run.train
     return LearnerConfig(
@@ -164,8 +186,6 @@ def _frozen_sources(run: RunConfig, agent: Agent, progress: bool) -> tuple[Optio
     """The ERM's backbone (None: pi_ref) and pooling, and the training oracle's spec if not --oracle."""
     backbone, pooling = erm_backbone_source(run.erm, run.task, run.pm, run.model, run.data, progress=progress) if agent.learn_erm else (None, "")
     labeller = run.oracle.train_oracle
-    if run.oracle.kind == "human" and not on_builtin_task(run.model, run.data):
-        raise SealignError("--oracle human: the task's reward judges the evaluation; on your own data give --oracle SPEC --train-oracle human")
     if labeller == "pm":
         labeller = "rm:" + preference_model_source(run.task, run.pm, run.model, run.data, "--train-oracle pm", progress=progress)
     return backbone, pooling, labeller

@@ -1,4 +1,4 @@
-"""JSON over HTTP with retries, shared by the remote-oracle client and the LLM judge.
+"""JSON over HTTP with retries, for the remote-oracle client (`sealign serve-oracle`).
 
 The standard library's urllib is enough here: one blocking request per call, used from a
 small thread pool where concurrency is wanted, and no extra dependency to pin.

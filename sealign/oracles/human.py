@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from sealign.config import OracleConfig
+from sealign.data import prompt_text
 from sealign.errors import SealignError
 from sealign.oracles.base import Labels
 from sealign.progress import console
@@ -195,7 +196,7 @@ def build_app(desk: Desk, token: Optional[str]) -> FastAPI:
         shown = None
         if duel is not None:
             left, right = (duel.second, duel.first) if duel.swapped else (duel.first, duel.second)
-            shown = {"key": duel.key, "prompt": duel.prompt, "left": left, "right": right}
+            shown = {"key": duel.key, "prompt": prompt_text(duel.prompt), "left": left, "right": right}
         return {"duel": shown, "progress": desk.progress(labeller)}
 
     @app.post("/api/answer", dependencies=[Depends(authorize)])

@@ -8,8 +8,9 @@ shown the prompt and both responses and names the better one (the paper's GPT-4o
   answer token when the endpoint returns them, else from the answer text (then 0 or 1).
 - An answer that names neither response is asked again `judge_parse_retries` times, then
   counted in `unparsed` and returned as NaN: that pair gets no label (never an invented one).
-- Timeouts, 429 and 5xx are retried with exponential backoff (`sealign.oracles.http`);
-  at most `judge_concurrency` requests are in flight.
+- Requests go through the `openai` SDK, which retries timeouts, 408, 409, 429 and 5xx with
+  its own backoff (`--oracle-retries` times, each try `--oracle-timeout` seconds) and waits
+  as long as a 429's Retry-After asks; at most `judge_concurrency` requests are in flight.
 - The API key is read from the environment variable `judge_key_env`; it is only ever put in
   the request's Authorization header: never logged, never written to the run folder.
 """
@@ -27,9 +28,9 @@ import numpy as np
 import torch
 
 from sealign.config import OracleConfig
+from sealign.data import prompt_text
 from sealign.errors import SealignError
 from sealign.oracles.base import PairwiseOracle
-from sealign.oracles.http import post_json
 
 CHOICES = ("1", "2")
 DEFAULT_TEMPLATE = """You are comparing two responses to the same prompt. Decide which response is better: more \
@@ -75,11 +76,13 @@ def shown_swapped(seed: int, start: int, n: int) -> list[bool]:
 
 class JudgeOracle(PairwiseOracle):
     def __init__(self, cfg: OracleConfig):
+        from openai import OpenAI
+
         super().__init__(cfg)
         self.model = cfg.target
-        self.url = cfg.judge_base_url.rstrip("/") + "/chat/completions"
-        key = os.environ.get(cfg.judge_key_env)
-        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        # a local server may want no key; the SDK insists on one, so an unused placeholder is sent
+        key = os.environ.get(cfg.judge_key_env) or "no-key"
+        self.client = OpenAI(base_url=cfg.judge_base_url, api_key=key, timeout=cfg.oracle_timeout, max_retries=cfg.oracle_retries)
         self.template = Path(cfg.judge_template).read_text(encoding="utf-8") if cfg.judge_template else DEFAULT_TEMPLATE
         try:
             self.template.format(prompt="", first="", second="")
@@ -90,18 +93,21 @@ class JudgeOracle(PairwiseOracle):
 
     def _ask(self, prompt: str, first: str, second: str) -> float:
         """P(first > second) from the judge, NaN if it never names one."""
-        c = self.cfg
-        body = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": self.template.format(prompt=prompt, first=first, second=second)}],
-            "temperature": 0,
-            "max_tokens": 4,
-            "logprobs": True,
-            "top_logprobs": 5,
-        }
-        for _ in range(c.judge_parse_retries + 1):
-            answer = post_json(self.url, body, headers=self._headers, timeout=c.oracle_timeout, retries=c.oracle_retries, backoff=c.oracle_backoff)
-            p = parse_answer(answer)
+        import openai
+
+        messages = [{"role": "user", "content": self.template.format(prompt=prompt_text(prompt), first=first, second=second)}]
+        for _ in range(self.cfg.judge_parse_retries + 1):
+            try:
+                answer = self.client.chat.completions.create(
+                    model=self.model, messages=messages, temperature=0, max_tokens=4, logprobs=True, top_logprobs=5
+                )
+            except openai.APIStatusError as e:  # the SDK's text never holds the key
+                raise SealignError(f"judge {self.model} at {self.cfg.judge_base_url}: HTTP {e.status_code}: {str(e.message)[:200]}") from None
+            except openai.APIConnectionError as e:
+                raise SealignError(
+                    f"judge {self.model} at {self.cfg.judge_base_url}: no answer after {self.cfg.oracle_retries + 1} tries ({type(e).__name__})"
+                ) from None
+            p = parse_answer(answer.model_dump())
             if p is not None:
                 return p
         return float("nan")

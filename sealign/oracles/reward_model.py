@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from sealign.config import OracleConfig
+from sealign.data import messages_of, prompt_text
 from sealign.errors import SealignError
 from sealign.oracles.base import RewardOracle
 
@@ -41,14 +42,14 @@ class RewardModel:
         if self.chat:
             texts = [
                 self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": x}, {"role": "assistant", "content": y}], tokenize=False
+                    [*(messages_of(x) or [{"role": "user", "content": x}]), {"role": "assistant", "content": y}], tokenize=False
                 )
                 for x, y in zip(prompts, responses)
             ]
             return self.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
         # without a template, prompt and response are a text pair: each tokenized on its own, so
         # no word is glued across the boundary, joined by the tokenizer's own pair rule
-        return self.tokenizer(list(prompts), list(responses), padding=True, return_tensors="pt")
+        return self.tokenizer([prompt_text(x) for x in prompts], list(responses), padding=True, return_tensors="pt")
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:

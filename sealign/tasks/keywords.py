@@ -159,7 +159,7 @@ class KeywordsTask:
         words = record.prompt.split()
         if not words or words[-1] != MARKER:
             return f"the prompt must end with {MARKER!r}"
-        unknown = sorted({w for w in words[:-1] + record.reference.split() if w not in self.salience})
+        unknown = sorted({w for w in words[:-1] + (record.reference or "").split() if w not in self.salience})
         if unknown:
             return f"words outside the keywords vocabulary: {', '.join(unknown[:5])}"
         return None
