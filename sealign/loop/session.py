@@ -130,12 +130,7 @@ def build_session(run: RunConfig, folder: RunFolder, saved: Optional[dict], *, p
         max_new_tokens=max_new_tokens,
         reference=learner.ref if agent.reference_duel else None,
     )
-    if run.backend.backend == "ray":
-        from sealign import distributed
-
-        actors = distributed.RayActors(actor, run.backend, cfg.seed)
-    else:
-        actors = LocalActors(actor, run.backend.actors, cfg.seed)
+    actors = _actors(run, actor)
     explorer = Explorer(
         cfg.explore,
         cfg.seed,
@@ -165,6 +160,15 @@ def _read_conversations(tokenizer, records: list[PromptRecord]) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise SealignError("the data holds chat-format prompts, and the policy's tokenizer has no chat template")
     tokenizer.sealign_chat = True
+
+
+def _actors(run: RunConfig, actor: Actor):
+    """The actor's shards, answered in this process or by Ray actors."""
+    if run.backend.backend != "ray":
+        return LocalActors(actor, run.backend.actors, run.train.seed)
+    from sealign import distributed
+
+    return distributed.RayActors(actor, run.backend, run.train.seed)
 
 
 def learner_config(run: RunConfig) -> LearnerConfig:
