@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -318,9 +319,15 @@ def _changed(cfgs: list) -> dict[str, object]:
 TRAIN_CONFIGS = [TaskConfig, PolicyConfig, SFTConfig, OracleConfig, ERMConfig, ModelConfig, DataConfig, TrainConfig, BackendConfig, PreferenceModelConfig]
 
 
+@functools.cache
+def _train_parser() -> _Parser:
+    """Built once: a study parses every arm with it."""
+    return _Parser(TRAIN_CONFIGS)
+
+
 def run_config(flags: list[str]) -> RunConfig:
     """The RunConfig that `sealign train FLAGS` would run, e.g. run_config(["--agent", "sea", "--out", "runs/x"])."""
-    *cfgs, remaining = _Parser(TRAIN_CONFIGS).parse_args_into_dataclasses(args=flags, return_remaining_strings=True)
+    *cfgs, remaining = _train_parser().parse_args_into_dataclasses(args=flags, return_remaining_strings=True)
     if remaining:
         raise SealignError(f"unrecognized arguments: {' '.join(remaining)}")
     task, policy, sft, oracle, erm, model, data, train, backend, pm = cfgs

@@ -20,7 +20,7 @@ from sealign.records import Duels, Preferences
 CHECKPOINT = "checkpoints/state.pt"
 
 
-def _append_jsonl(path: Path, rows: list[dict]) -> None:
+def append_jsonl(path: Path, rows: list[dict]) -> None:
     """Append rows and push them to disk before returning: labels are precious."""
     with path.open("a", encoding="utf-8") as f:
         f.write("".join(json.dumps(row) + "\n" for row in rows))
@@ -28,7 +28,7 @@ def _append_jsonl(path: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def _read_jsonl(path: Path, *, repair: bool = True) -> list[dict]:
+def read_jsonl(path: Path, *, repair: bool = True) -> list[dict]:
     """Rows of a JSONL file. A torn last line (a kill mid-write) is cut off the file (left alone,
     and only skipped, when not `repair`: a reader must never cut a line a live run is writing);
     a bad line anywhere else means the file was damaged, and nothing is dropped silently."""
@@ -60,9 +60,9 @@ class QueryLedger:
 
     def __init__(self, path: Path):
         self.path = path
-        self.rows = _read_jsonl(path)
+        self.rows = read_jsonl(path)
         self.unanswered_path = path.with_name("unanswered.jsonl")
-        self.unanswered = {(r["at"], r["prompt"], r["first"], r["second"]) for r in _read_jsonl(self.unanswered_path)}
+        self.unanswered = {(r["at"], r["prompt"], r["first"], r["second"]) for r in read_jsonl(self.unanswered_path)}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -72,12 +72,12 @@ class QueryLedger:
         return self.rows[start : start + n]
 
     def append(self, rows: list[dict]) -> None:
-        _append_jsonl(self.path, rows)
+        append_jsonl(self.path, rows)
         self.rows.extend(rows)
 
     def append_unanswered(self, duels: list[tuple[int, str, str, str]]) -> None:
         """(query index asked at, prompt, first, second) of duels that got no label."""
-        _append_jsonl(self.unanswered_path, [{"at": at, "prompt": p, "first": a, "second": b} for at, p, a, b in duels])
+        append_jsonl(self.unanswered_path, [{"at": at, "prompt": p, "first": a, "second": b} for at, p, a, b in duels])
         self.unanswered.update(duels)
 
     def preferences(self, start: int, stop: int) -> Preferences:
@@ -130,25 +130,27 @@ class RunFolder:
             raise SealignError(f"{self.path / 'config.json'}: not valid JSON ({e.msg})") from None
 
     def append_metrics(self, row: dict) -> None:
-        _append_jsonl(self.path / "metrics.jsonl", [row])
+        append_jsonl(self.path / "metrics.jsonl", [row])
 
     def append_completions(self, rows: list[dict]) -> None:
         """Sample completions of an evaluation (prompt, response, reference, win)."""
-        _append_jsonl(self.path / "completions.jsonl", rows)
+        append_jsonl(self.path / "completions.jsonl", rows)
 
     def close(self) -> None:
         """Let another process have the folder."""
         self._lock.release()
 
     def metrics(self) -> list[dict]:
-        return _read_jsonl(self.path / "metrics.jsonl")
+        return read_jsonl(self.path / "metrics.jsonl")
 
     def keep_metrics_until(self, queries: int) -> None:
         """Drop evaluation rows (and their completions) newer than a checkpoint: the resumed run
         writes them again."""
         for name in ("metrics.jsonl", "completions.jsonl"):
             path = self.path / name
-            rows = [r for r in _read_jsonl(path) if r["queries"] <= queries]
+            if not path.is_file():
+                continue
+            rows = [r for r in read_jsonl(path) if r["queries"] <= queries]
             tmp = path.with_suffix(".tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
             os.replace(tmp, path)
@@ -192,7 +194,7 @@ def read_run(path: str | Path) -> RunResults:
     return RunResults(
         path,
         json.loads((path / "config.json").read_text(encoding="utf-8")),
-        _read_jsonl(path / "metrics.jsonl", repair=False),
-        _read_jsonl(path / "queries.jsonl", repair=False),
+        read_jsonl(path / "metrics.jsonl", repair=False),
+        read_jsonl(path / "queries.jsonl", repair=False),
         json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else None,
     )

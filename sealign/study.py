@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from sealign.errors import SealignError
+from sealign.runfolder import read_jsonl
 
 # ---- specification --------------------------------------------------------------------------
 
@@ -323,10 +324,6 @@ def run_study(
 # ---- aggregation ----------------------------------------------------------------------------
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 @dataclass
 class Curve:
     label: str
@@ -350,7 +347,7 @@ def curve_of(label: str, folders: Sequence[Path], metric: str = "win_rate", pane
     for folder in folders:
         if not (folder / "summary.json").is_file():
             raise SealignError(f"{folder} is not a finished run (no summary.json)")
-    runs = [_read_jsonl(folder / "metrics.jsonl") for folder in folders]
+    runs = [read_jsonl(folder / "metrics.jsonl", repair=False) for folder in folders]  # a reader: never cuts a file
     summaries = [json.loads((folder / "summary.json").read_text()) for folder in folders]
     points = sorted(set.intersection(*[{r["queries"] for r in rows if metric in r} for rows in runs]))
     if not points:

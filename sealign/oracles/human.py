@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import socket
 import threading
@@ -41,6 +40,7 @@ from sealign.data import prompt_text
 from sealign.errors import SealignError
 from sealign.oracles.base import Labels
 from sealign.progress import console
+from sealign.runfolder import append_jsonl, read_jsonl
 
 JOURNAL = "human-labels.jsonl"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -78,7 +78,7 @@ class Desk:
         self.answers: dict[str, str] = {}  # key -> "first" | "second" | "skip"
         self.by_labeller: dict[str, int] = {}
         self.finished = False
-        for row in _journal_rows(journal):
+        for row in read_jsonl(journal):  # a torn last line (a kill mid-write) is no answer, and is cut
             self.answers[row["key"]] = row["choice"]
 
     @property
@@ -111,10 +111,7 @@ class Desk:
                 return False
             choice = "skip" if side == "skip" else ("first" if (side == "left") != duel.swapped else "second")
             row = {"key": key, "choice": choice, "labeller": labeller, "prompt": duel.prompt, "first": duel.first, "second": duel.second}
-            with self.journal.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            append_jsonl(self.journal, [row])
             self.answers[key] = choice
             del self.waiting[key]
             self.by_labeller[labeller] = self.by_labeller.get(labeller, 0) + 1
@@ -136,19 +133,6 @@ class Desk:
                 "yours": self.by_labeller.get(labeller, 0),
                 "finished": self.finished,
             }
-
-
-def _journal_rows(path: Path) -> list[dict]:
-    """The answers so far; a torn last line (a kill mid-write) is no answer."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
 
 
 class Answer(BaseModel):
