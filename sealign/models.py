@@ -34,21 +34,36 @@ def fingerprint(source: str) -> str:
 
 
 def load_models(
-    cfg: ModelConfig, task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, *, progress: bool = True
+    cfg: ModelConfig,
+    task_cfg: TaskConfig,
+    policy_cfg: PolicyConfig,
+    sft_cfg: SFTConfig,
+    *,
+    reference_copy: Optional[str] = None,
+    seed: int = 0,
+    progress: bool = True,
 ) -> Models:
-    if cfg.policy is None:
+    """The run's models (LoRA adapters initialised under `seed`); `reference_copy` (a resume
+    elsewhere) is a folder that stands in for pi_ref's source: the built-in pi_ref, the --policy
+    that is its own reference, or --ref."""
+    if reference_copy is not None and not Path(reference_copy).expanduser().is_dir():
+        raise SealignError(f"--ref {reference_copy!r}: no such folder (a copy of the run's pi_ref)")
+    if cfg.ref is None and reference_copy is not None:
+        source = reference_copy
+    elif cfg.policy is None:
         source = str(ensure_reference(task_cfg, policy_cfg, sft_cfg, progress=progress).path)
     else:
         source = cfg.policy
     policy, tokenizer = load_policy(source, cfg.device, cfg.dtype, cfg.chat_template)
     ref = None
-    ref_source = cfg.ref or source
-    if cfg.ref is not None:
-        ref, _ = load_policy(cfg.ref, cfg.device, cfg.dtype)
+    ref_path = cfg.ref if cfg.ref is None or reference_copy is None else reference_copy
+    ref_source = ref_path or source
+    if ref_path is not None:
+        ref, _ = load_policy(ref_path, cfg.device, cfg.dtype)
         ref.requires_grad_(False)
     if cfg.lora_r:
-        policy = add_lora(policy, cfg.lora_r, cfg.lora_alpha)
-    stamp = fingerprint(source) if cfg.ref is None else f"{fingerprint(source)}+{fingerprint(cfg.ref)}"
+        policy = add_lora(policy, cfg.lora_r, cfg.lora_alpha, seed)
+    stamp = fingerprint(source) if ref_path is None else f"{fingerprint(source)}+{fingerprint(ref_path)}"
     return Models(policy, tokenizer, ref, ref_source, stamp)
 
 
@@ -89,11 +104,16 @@ def erm_backbone_source(
     return preference_model_source(task_cfg, pm_cfg, model_cfg, data_cfg, "--erm-backbone pm", progress=progress), erm_cfg.erm_pooling or "last"
 
 
-def add_lora(model: PreTrainedModel, rank: int, alpha: float) -> PreTrainedModel:
-    """Wrap the policy in LoRA adapters on every linear layer (peft picks them per architecture)."""
+def add_lora(model: PreTrainedModel, rank: int, alpha: float, seed: int = 0) -> PreTrainedModel:
+    """Wrap the policy in LoRA adapters on every linear layer (peft picks them per architecture),
+    initialised under `seed` so that two runs of one config start alike."""
+    import torch
     from peft import LoraConfig, get_peft_model
 
-    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return get_peft_model(model, config)
 
 
 def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:

@@ -7,17 +7,25 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import filelock
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from sealign.errors import SealignError
 from sealign.records import Duels, Preferences
 
-CHECKPOINT = "checkpoints/state.pt"
+# A checkpoint is a folder checkpoints/last/ of tensors.safetensors and state.json: loading one
+# never unpickles, so a run folder from elsewhere cannot run code. last.tmp/ is one being written,
+# last.old/ the previous one while the new one is renamed into place.
+LAST, WRITING, PREVIOUS = "last", "last.tmp", "last.old"
+TENSORS, STATE = "tensors.safetensors", "state.json"
+LEGACY = "state.pt"  # the pickled checkpoint of earlier versions
 
 
 def append_jsonl(path: Path, rows: list[dict]) -> None:
@@ -156,18 +164,115 @@ class RunFolder:
             os.replace(tmp, path)
 
     def save_checkpoint(self, state: dict) -> None:
-        """Atomic: the previous checkpoint stays valid until the new one is complete."""
-        path = self.path / CHECKPOINT
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        """Atomic: the new checkpoint is written and synced beside the last one, then renamed into
+        place, so a kill at any moment leaves one complete checkpoint to resume from."""
+        root = self.path / "checkpoints"
+        last, writing, previous = root / LAST, root / WRITING, root / PREVIOUS
+        shutil.rmtree(writing, ignore_errors=True)  # a write a kill interrupted
+        write_checkpoint(writing, state)
+        if last.is_dir():  # else a kill came between the renames below, and `previous` is the good one
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(last, previous)
+        os.replace(writing, last)
+        _fsync(root)
+        shutil.rmtree(previous, ignore_errors=True)
 
     def load_checkpoint(self) -> dict | None:
-        path = self.path / CHECKPOINT
-        return torch.load(path, weights_only=False) if path.is_file() else None
+        """The last complete checkpoint, None before the first."""
+        root = self.path / "checkpoints"
+        if (root / LEGACY).is_file():
+            raise SealignError(
+                f"{root / LEGACY} is a pickled checkpoint of an earlier sealign, which is no longer loaded (it could run code); "
+                "remove it to resume from the start, the labels replayed from queries.jsonl"
+            )
+        for name in (LAST, PREVIOUS):
+            if (root / name).is_dir():
+                return read_checkpoint(root / name)
+        return None
 
     def write_summary(self, summary: dict) -> None:
         (self.path / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def _fsync(path: Path) -> None:
+    """Push a file, or a folder's entries, to disk (a rename is durable once its folder is synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+TENSOR, TUPLE, ITEMS = "__tensor__", "__tuple__", "__items__"  # the tags of a checkpoint's skeleton
+
+
+def split_tensors(tree: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """A tree of dicts, lists, tuples, numbers, strings and tensors as (JSON-able skeleton, tensors
+    by dotted path). A tensor's place holds {TENSOR: path}; a tuple and a dict with non-string
+    keys (an optimizer's parameter indices) are tagged too, so `join_tensors` rebuilds them exactly.
+    A tensor met twice (tied embeddings) is stored once: safetensors refuses shared memory."""
+    tensors: dict[str, torch.Tensor] = {}
+    seen: dict[tuple, str] = {}
+
+    def walk(node: Any, path: str) -> Any:
+        at = f"{path}." if path else ""
+        if isinstance(node, torch.Tensor):
+            node = node.detach()
+            same = (node.device, node.data_ptr(), node.dtype, node.shape, node.stride())
+            if node.numel() and same in seen:
+                return {TENSOR: seen[same]}
+            if path in tensors:
+                raise ValueError(f"two tensors of the checkpoint are both named {path!r}")
+            seen[same], tensors[path] = path, node.contiguous()
+            return {TENSOR: path}
+        if isinstance(node, dict):
+            if all(isinstance(k, str) for k in node) and not (len(node) == 1 and next(iter(node)) in (TENSOR, TUPLE, ITEMS)):
+                return {k: walk(v, at + k) for k, v in node.items()}
+            return {ITEMS: [[k, walk(v, f"{at}{k}")] for k, v in node.items()]}
+        if isinstance(node, (list, tuple)):
+            items = [walk(v, f"{at}{i}") for i, v in enumerate(node)]
+            return {TUPLE: items} if isinstance(node, tuple) else items
+        return node  # json.dumps refuses anything that is not plain data
+
+    return walk(tree, ""), tensors
+
+
+def join_tensors(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The tree `split_tensors` took apart."""
+    if isinstance(skeleton, list):
+        return [join_tensors(v, tensors) for v in skeleton]
+    if not isinstance(skeleton, dict):
+        return skeleton
+    tag = next(iter(skeleton)) if len(skeleton) == 1 else None
+    if tag == TENSOR:
+        return tensors[skeleton[TENSOR]]
+    if tag == TUPLE:
+        return tuple(join_tensors(v, tensors) for v in skeleton[TUPLE])
+    if tag == ITEMS:
+        return {k: join_tensors(v, tensors) for k, v in skeleton[ITEMS]}
+    return {k: join_tensors(v, tensors) for k, v in skeleton.items()}
+
+
+def write_checkpoint(path: Path, state: dict) -> None:
+    """`state` into a new folder `path`: its tensors in one safetensors file, the rest as JSON, synced."""
+    skeleton, tensors = split_tensors(state)
+    path.mkdir()
+    save_file(tensors, path / TENSORS)
+    (path / STATE).write_text(json.dumps(skeleton), encoding="utf-8")
+    for name in (TENSORS, STATE, "."):
+        _fsync(path / name)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The state a checkpoint folder holds (on the CPU); a damaged one is one error line."""
+    path = Path(path)
+    try:
+        return join_tensors(json.loads((path / STATE).read_text(encoding="utf-8")), load_file(path / TENSORS))
+    except (OSError, SafetensorError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        reason = f"no tensor {e}" if isinstance(e, KeyError) else str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SealignError(
+            f"checkpoint {path} is damaged ({reason}); remove it to resume from the start, the labels replayed from queries.jsonl"
+        ) from None
 
 
 @dataclass

@@ -20,6 +20,7 @@ from sealign.learner import Learner, LearnerConfig, optimism_term
 from sealign.loop import PromptStream, train
 from sealign.policy import build_policy, sequence_logprobs
 from sealign.records import Preferences
+from sealign.runfolder import read_checkpoint
 
 SMALL = SMALL_FLAGS
 
@@ -185,7 +186,7 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, task_cfg, monkeypa
     code = main(["train", *SMALL, "--budget", "128", "--batch-size", "32", "--checkpoint-every", "32", "--out", str(tmp_path / "r"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "non-finite" in err[0] and "checkpoint" in err[0]
-    state = torch.load(tmp_path / "r" / "checkpoints" / "state.pt", weights_only=False)
+    state = read_checkpoint(tmp_path / "r" / "checkpoints" / "last")
     assert state["loop"]["learned"] == 64  # the last good state, before the failing step
     assert len(ledger(tmp_path / "r")) == 96  # labels obtained before the failure are kept
 
@@ -280,7 +281,7 @@ def test_erm_labelled_pairs_never_reach_the_oracle_nor_the_budget(tmp_path, task
     from_oracle = {(r["prompt"], r["first"], r["second"]) for r in rows} | {(r["prompt"], r["second"], r["first"]) for r in rows}
     mixed = [(p, c, r) for b in batches for p, c, r in zip(b.prompts, b.chosen, b.rejected) if (p, c, r) not in from_oracle]
     assert len(mixed) == 64  # the other half of every batch was labelled by the ERM
-    state = torch.load(tmp_path / "r" / "checkpoints" / "state.pt", weights_only=False)
+    state = read_checkpoint(tmp_path / "r" / "checkpoints" / "last")
     assert len(state["explorer"]["erm"]["chosen"]) == 64  # the ERM trains on the oracle's labels only
     metrics = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["erm_fraction"] == pytest.approx(0.5)

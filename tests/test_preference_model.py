@@ -15,6 +15,7 @@ from sealign.erm import Backbone
 from sealign.explore import gated_erm_pairs, head_agreement
 from sealign.loop import train
 from sealign.preference_model import ensure_preference_model, preference_model_dir
+from sealign.runfolder import read_checkpoint
 from sealign.sft import weights_fingerprint
 from sealign.tasks.keywords import KeywordsTask
 
@@ -101,7 +102,7 @@ def test_gated_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp_pa
     assert len(batches) == 8  # 8 oracle pairs a step: the ERM's pairs come from the same prompts, up to 24 more
     erm_pairs = [(x, c, r) for b in batches for x, c, r in zip(b.prompts, b.chosen, b.rejected) if (x, c, r) not in oracle_pairs]
     assert sum(len(b) for b in batches) == 64 + len(erm_pairs) and all(len(b) <= 32 for b in batches)
-    state = torch.load(tmp_path / "r" / "checkpoints" / "state.pt", weights_only=False)
+    state = read_checkpoint(tmp_path / "r" / "checkpoints" / "last")
     assert len(state["explorer"]["erm"]["chosen"]) == 64  # the ERM's own data: oracle labels only
 
 
