@@ -430,6 +430,13 @@ class TrainConfig:
     lr_schedule: str = field(default="cosine", metadata=_help("learning-rate schedule", choices=list(LR_SCHEDULES)))
     warmup_ratio: float = field(default=0.03, metadata=_help("share of the learner steps spent on linear warm-up"))
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping"))
+    micro_batch_size: Optional[int] = field(
+        default=None,
+        metadata=_help("pairs per learner forward/backward; their gradients accumulate into one step of the batch (default: the whole batch)"),
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata=_help("recompute the policy's layer activations in backward instead of keeping them: less memory, more compute")
+    )
     label_smoothing: float = field(default=0.0, metadata=_help("dpo only: conservative DPO's epsilon"))
     gamma: float = field(default=0.7, metadata=_help("mixture ratio: share of oracle pairs in a policy batch after burn-in"))
     burn_in: Optional[int] = field(
@@ -501,6 +508,9 @@ class TrainConfig:
         _require(self.budget > 0, f"--budget must be positive, got {self.budget}")
         _require(self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}")
         _require(self.batch_size <= self.budget, f"--batch-size ({self.batch_size}) exceeds --budget ({self.budget})")
+        _require(
+            self.micro_batch_size is None or self.micro_batch_size >= 1, f"--micro-batch-size must be at least 1, got {self.micro_batch_size}"
+        )
         _require(self.num_candidates >= 2, f"--num-candidates must be at least 2 (a duel), got {self.num_candidates}")
         _require(self.train_temperature > 0, f"--train-temperature must be positive, got {self.train_temperature}")
         _require(self.lr > 0, f"--lr must be positive, got {self.lr}")

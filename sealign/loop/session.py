@@ -183,6 +183,8 @@ def learner_config(run: RunConfig) -> LearnerConfig:
         max_grad_norm=cfg.max_grad_norm,
         loss_kwargs={"label_smoothing": cfg.label_smoothing} if cfg.loss == "dpo" else None,
         optimism=cfg.xpo_alpha if AGENTS[cfg.agent].reference_duel else 0.0,
+        micro_batch_size=cfg.micro_batch_size,
+        gradient_checkpointing=cfg.gradient_checkpointing,
     )
 
 
