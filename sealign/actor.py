@@ -21,6 +21,9 @@ from sealign.policy import generate
 from sealign.records import Candidates
 
 
+GENERATION_PROMPTS = 256  # prompts sampled at once unless --generation-batch-size bounds the rows
+
+
 def sampling_seed(run_seed: int, position: int, shard: int) -> int:
     """The torch seed that samples shard `shard` of the batch that starts at prompt `position`."""
     return int(np.random.default_rng([run_seed, position, shard]).integers(2**62))
@@ -55,8 +58,10 @@ class Actor:
         temperature: float,
         max_new_tokens: int,
         reference: PreTrainedModel | None = None,
+        generation_batch_size: int | None = None,
     ):
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.generation_batch_size = generation_batch_size  # rows sampled at once; None: 256 prompts
         self.reference = reference  # XPO: the last candidate of every prompt comes from pi_ref
         self.tokenizer = tokenizer
         self.num_candidates = num_candidates
@@ -76,9 +81,11 @@ class Actor:
         return Candidates(prompts=list(prompts), responses=responses, version=self.version)
 
     def _sample(self, model: PreTrainedModel, prompts: Sequence[str], n: int) -> list[list[str]]:
+        rows = self.generation_batch_size
         return generate(
-            model, self.tokenizer, prompts, num_samples=n, temperature=self.temperature, max_new_tokens=self.max_new_tokens
-        )
+            model, self.tokenizer, prompts, num_samples=n, temperature=self.temperature, max_new_tokens=self.max_new_tokens,
+            batch_size=GENERATION_PROMPTS if rows is None else max(1, rows // n),
+        )  # fmt: skip
 
     @torch.no_grad()
     def sync(self, learner_model: PreTrainedModel, version: int) -> None:

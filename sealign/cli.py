@@ -287,7 +287,9 @@ def cmd_train(
 
     run = RunConfig(cfg, task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, pm_cfg, backend_cfg)
     if cfg.resume:  # a resumed run keeps its saved settings: refuse flags that would be ignored
-        given = [task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, model_cfg, data_cfg, pm_cfg, dataclasses.replace(cfg, resume=None, out="-")]
+        # --ref (where a copy of the run's pi_ref lies) and --no-memory-check place the run, like the backend
+        placed = dataclasses.replace(model_cfg, ref=None, memory_check=True)
+        given = [task_cfg, policy_cfg, sft_cfg, oracle_cfg, erm_cfg, placed, data_cfg, pm_cfg, dataclasses.replace(cfg, resume=None, out="-")]
         kept = [n for n in _changed([backend_cfg]) if n.replace("-", "_") in BackendConfig.ALGORITHM]
         changed = [*_changed(given), *kept]  # the backend's placement may change: it changes no label
         if changed:

@@ -276,15 +276,24 @@ class ModelConfig:
     max_new_tokens: Optional[int] = field(default=None, metadata=_help("response length limit; default: the task's (12)"))
     lora_r: int = field(default=0, metadata=_help("LoRA rank (needs peft: pip install 'sealign[lora]'); 0 trains every weight"))
     lora_alpha: float = field(default=16.0, metadata=_help("LoRA scaling alpha"))
+    generation_batch_size: Optional[int] = field(
+        default=None, metadata=_help("sequences (prompts x candidates) the actor samples at once, which bounds its key/value cache; default: 256 prompts")
+    )
+    memory_check: bool = field(
+        default=True, metadata=_help("estimate the peak memory on --device before the run and refuse one that cannot fit")
+    )
 
     def __post_init__(self) -> None:
         _check_source("--policy", self.policy)
         _check_source("--ref", self.ref)
-        _require(self.ref is None or self.policy is not None, "--ref needs --policy (the built-in pi_ref is its own reference)")
         _require(self.dtype in DTYPES, f"unknown --dtype {self.dtype!r} (known: {', '.join(DTYPES)})")
         _check_device(self.device, "--device")
         _require(self.max_new_tokens is None or self.max_new_tokens > 0, f"--max-new-tokens must be positive, got {self.max_new_tokens}")
         _require(self.lora_r >= 0, f"--lora-r must be >= 0, got {self.lora_r}")
+        _require(
+            self.generation_batch_size is None or self.generation_batch_size > 0,
+            f"--generation-batch-size must be positive, got {self.generation_batch_size}",
+        )
         _require(self.lora_r == 0 or self.policy is not None, "--lora-r needs --policy")
         if self.lora_r:
             import importlib.util
@@ -640,6 +649,13 @@ class RunConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
 
     SECTIONS = ("task", "policy", "sft", "oracle", "erm", "model", "data", "pm", "backend", "train")  # config.json's order
+
+    def __post_init__(self) -> None:
+        # with --resume, --ref names where a copy of the run's pi_ref now lies (see sealign.loop.resume)
+        _require(
+            self.train.resume is not None or self.model.ref is None or self.model.policy is not None,
+            "--ref needs --policy (the built-in pi_ref is its own reference)",
+        )
 
     @property
     def folder(self) -> str:

@@ -50,7 +50,7 @@ def test_oracle_recipe_serves_skywork():
 
 
 def test_size_variants_differ_only_in_size_specific_settings():
-    size_specific = {"policy", "reference_key", "dtype", "lora_r", "lora_alpha"}
+    size_specific = {"policy", "reference_key", "dtype", "lora_r", "lora_alpha", "micro_batch_size", "generation_batch_size"}
     recipes = [yaml.safe_load(p.read_text()) for p in POLICY_RECIPES]
     shared = [{k: v for k, v in r.items() if k not in size_specific} for r in recipes]
     assert all(s == shared[0] for s in shared)

@@ -39,30 +39,42 @@ def train(run: RunConfig, *, progress: bool = False, data: Optional[Iterable[dic
     --data / --eval-data: they are staged as JSONL under $SEALIGN_HOME/data/, which config.json
     then names, so that the run resumes like any other."""
     if run.train.resume is not None:
-        return resume(run.train.resume, run.backend, progress=progress)
+        return resume(run.train.resume, run.backend, ref=run.model.ref, memory_check=run.model.memory_check, progress=progress)
     if data is not None or eval_data is not None:
         staged = {"data": stage_rows(data) if data is not None else run.data.data, "eval_data": stage_rows(eval_data) if eval_data is not None else run.data.eval_data}
         run = dataclasses.replace(run, data=dataclasses.replace(run.data, **staged))
     return _run(run, RunFolder(run.train.out, resume=False), None, progress)
 
 
-def resume(folder: str | Path, backend: Optional[BackendConfig] = None, *, progress: bool = False) -> dict:
-    """Continue the run in `folder` with its saved settings until its budget is spent; `backend`
-    may place the work elsewhere (that changes no label)."""
+def resume(
+    folder: str | Path,
+    backend: Optional[BackendConfig] = None,
+    *,
+    ref: Optional[str] = None,
+    memory_check: Optional[bool] = None,
+    progress: bool = False,
+) -> dict:
+    """Continue the run in `folder` with its saved settings until its budget is spent. What only
+    places the work may change, as no label depends on it: `backend`; `ref`, a folder holding a
+    copy of the pi_ref the run started from (on another machine, where the built-in one would be
+    rebuilt with other float rounding), checked against the fingerprint in config.json; and
+    `memory_check` (None: as saved)."""
     owned = RunFolder(folder, resume=True)  # locked from here on: one process per run
     try:
         saved = owned.read_config()
         run = RunConfig.from_dict(saved, str(folder), backend)
+        if memory_check is not None:
+            run = dataclasses.replace(run, model=dataclasses.replace(run.model, memory_check=memory_check))
     except SealignError:
         owned.close()
         raise
-    return _run(run, owned, saved, progress)
+    return _run(run, owned, saved, progress, reference_copy=ref)
 
 
-def _run(run: RunConfig, folder: RunFolder, saved: Optional[dict], progress: bool) -> dict:
+def _run(run: RunConfig, folder: RunFolder, saved: Optional[dict], progress: bool, reference_copy: Optional[str] = None) -> dict:
     quiet_libraries()
     try:
-        s = build_session(run, folder, saved, progress=progress)
+        s = build_session(run, folder, saved, progress=progress, reference_copy=reference_copy)
         try:
             if saved is not None:
                 restore(s)

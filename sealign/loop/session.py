@@ -23,9 +23,11 @@ from sealign.errors import SealignError
 from sealign.explorer import Explorer
 from sealign.learner import Learner, LearnerConfig
 from sealign.loop.state import LoopState, PromptStream
+from sealign.memory import check_memory, describe, device_capacity, estimate, run_workload, shape_of
 from sealign.models import Models, erm_backbone_source, fingerprint, load_models, on_builtin_task, preference_model_source
 from sealign.oracles import make_oracle
 from sealign.policy import check_fits, sequence_logprobs
+from sealign.progress import console
 from sealign.runfolder import RunFolder
 from sealign.tasks import make_task
 from sealign.userdata import drop_long, load_user_data
@@ -90,9 +92,11 @@ class Session:
             self.oracle.close()
 
 
-def build_session(run: RunConfig, folder: RunFolder, saved: Optional[dict], *, progress: bool) -> Session:
-    """The parts of `run`; a resume (`saved` = its config.json) must find pi_ref, the ERM backbone
-    and the training oracle unchanged."""
+def build_session(
+    run: RunConfig, folder: RunFolder, saved: Optional[dict], *, progress: bool, reference_copy: Optional[str] = None
+) -> Session:
+    """The parts of `run`; a resume (`saved` = its config.json) must find pi_ref (in
+    `reference_copy` if given), the ERM backbone and the training oracle unchanged."""
     cfg, agent = run.train, AGENTS[run.train.agent]
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -102,7 +106,7 @@ def build_session(run: RunConfig, folder: RunFolder, saved: Optional[dict], *, p
     # user data is read and checked before any model is loaded
     user = load_user_data(run.data, task.check_record if run.oracle.kind == "task" else None) if run.data.data else None
     backbone, pooling, labeller = _frozen_sources(run, agent, progress)
-    models = load_models(run.model, run.task, run.policy, run.sft, progress=progress)
+    models = load_models(run.model, run.task, run.policy, run.sft, reference_copy=reference_copy, seed=cfg.seed, progress=progress)
     backbone = backbone or (models.ref_source if agent.learn_erm else None)
     # what a resume must find unchanged; pi_ref's weights are in "reference", so a backbone that
     # is pi_ref is not hashed twice
@@ -113,6 +117,7 @@ def build_session(run: RunConfig, folder: RunFolder, saved: Optional[dict], *, p
     }
     if saved is not None:
         _check_unchanged(saved, frozen, models)
+    frozen["reference_source"] = models.ref_source  # where it was, for the error of a resume elsewhere
     tokenizer, max_new_tokens = models.tokenizer, run.model.max_new_tokens or task.max_new_tokens
     limit = run.data.max_prompt_tokens
     train_records, holdout = (user.train, user.eval) if user else (task.records("train"), task.records("holdout"))
@@ -120,6 +125,7 @@ def build_session(run: RunConfig, folder: RunFolder, saved: Optional[dict], *, p
     train_records, skipped_train, longest_train = drop_long(train_records, tokenizer, limit)
     holdout, skipped_eval, longest_eval = drop_long(holdout, tokenizer, limit)
     check_fits(models.policy, max(longest_train, longest_eval), max_new_tokens)
+    _check_memory(run, models, max(longest_train, longest_eval) + max_new_tokens + 1, progress)
     judge, oracle = _oracles(run, task, labeller)
     learner = Learner(models.policy, tokenizer, learner_config(run), ref=models.ref)
     actor = Actor(
@@ -129,6 +135,7 @@ def build_session(run: RunConfig, folder: RunFolder, saved: Optional[dict], *, p
         temperature=cfg.train_temperature,
         max_new_tokens=max_new_tokens,
         reference=learner.ref if agent.reference_duel else None,
+        generation_batch_size=run.model.generation_batch_size,
     )
     actors = _actors(run, actor)
     explorer = Explorer(
@@ -150,6 +157,16 @@ def build_session(run: RunConfig, folder: RunFolder, saved: Optional[dict], *, p
         run, agent, folder, train_records, holdout, {"train": skipped_train, "eval": skipped_eval}, max_new_tokens,
         judge, oracle, learner, actor, actors, explorer, PromptStream(train_records, cfg.seed),
     )  # fmt: skip
+
+
+def _check_memory(run: RunConfig, models: Models, seq_len: int, progress: bool) -> None:
+    """Print the estimated peak memory on the policy's device; refuse a run that cannot fit."""
+    device = run.model.device
+    parts, capacity = estimate(shape_of(models.policy), run_workload(run, seq_len)), device_capacity(device)
+    if progress:
+        console.print(describe(parts, device, capacity))
+    if run.model.memory_check:
+        check_memory(parts, device, capacity)
 
 
 def _read_conversations(tokenizer, records: list[PromptRecord]) -> None:
@@ -199,9 +216,11 @@ def _frozen_sources(run: RunConfig, agent: Agent, progress: bool) -> tuple[Optio
 
 def _check_unchanged(saved: dict, frozen: dict, models: Models) -> None:
     if saved["reference"] != frozen["reference"]:
+        was = f" ({saved['reference_source']})" if saved.get("reference_source") else ""
         raise SealignError(
             f"the reference policy {models.ref_source} differs from the one this run started from "
-            f"(weights {frozen['reference']} != {saved['reference']}): resuming would change pi_ref"
+            f"(weights {frozen['reference']} != {saved['reference']}): resuming would change pi_ref; "
+            f"point --ref at a copy of the folder it started from{was}"
         )
     changed = [k.replace("_", " ") for k in ("erm_backbone", "train_oracle") if saved.get(k) != frozen[k]]
     if changed:
