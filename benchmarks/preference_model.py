@@ -65,13 +65,18 @@ def main() -> None:
 
     print("\n| ERM features | " + " | ".join(f"N={c}" for c in CHECKPOINTS) + " |\n|" + "---|" * (len(CHECKPOINTS) + 1))
     ref = data["reference"]
-    for name, path, pooling in [
-        ("pi_ref, last layer, mean", ref, "mean"),
-        ("preference model, mean", pm.path, "mean"),
-        ("preference model, last token", pm.path, "last"),
-    ]:
-        backbone = Backbone(path, pooling)
-        fa, fb = backbone.features(data["prompts"], data["first"]), backbone.features(data["prompts"], data["second"])
+    backbones = {
+        "pi_ref, last layer, mean": [Backbone(ref, "mean")],
+        "pi_ref, embeddings + log-probs (SEA's screened features)": [Backbone(ref, "mean", layer=0, logprobs=True)],
+        "preference model, mean": [Backbone(pm.path, "mean")],
+        "preference model, last token": [Backbone(pm.path, "last")],
+    }
+    backbones["pi_ref embeddings + log-probs, and the preference model's last token"] = [
+        *backbones["pi_ref, embeddings + log-probs (SEA's screened features)"], *backbones["preference model, last token"]
+    ]
+    for name, parts in backbones.items():
+        fa = torch.cat([b.features(data["prompts"], data["first"]) for b in parts], -1)  # (N, d)
+        fb = torch.cat([b.features(data["prompts"], data["second"]) for b in parts], -1)
         zt = z[:n, None]
         train = (torch.where(zt, fa[:n], fb[:n]), torch.where(zt, fb[:n], fa[:n]))
         test = (fa[held], fb[held], z[held])
