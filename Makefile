@@ -27,11 +27,15 @@ browser:
 
 install: $(STAMP)
 
+# pip's own warnings (-qq keeps its errors) are not ours to print: one line per step instead.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q "$(TORCH)"
-	$(VENV)/bin/pip install -q -e ".[test]"
-	touch $@
+	@echo "creating the virtual environment $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
+	@echo "installing $(TORCH)"
+	@$(VENV)/bin/pip install -qq "$(TORCH)"
+	@echo "installing sealign and its test tools"
+	@$(VENV)/bin/pip install -qq -e ".[test]"
+	@touch $@
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Optional
 
-from rich.table import Table
 from transformers import HfArgumentParser
 
 from sealign.config import (
@@ -31,7 +30,7 @@ from sealign.config import (
     TrainConfig,
 )
 from sealign.errors import SealignError
-from sealign.progress import console, quiet_libraries, stdout
+from sealign.progress import console, figures_table, quiet_libraries, stdout
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -217,11 +216,9 @@ def cmd_eval(
     path = _resolve_policy(model_cfg, task_cfg, policy_cfg, sft_cfg)
     stats = _evaluate(path, task, records, oracle_cfg, eval_cfg, model_cfg)
     mode = f"best-of-{eval_cfg.best_of} (oracle reward)" if eval_cfg.best_of > 1 else ("sampled" if eval_cfg.sample else "greedy")
-    table = Table(title=f"win rate vs references — {path}")
-    for col in ("decoding", "prompts", "win_rate", "win_prob", "mean length"):
-        table.add_column(col)
-    table.add_row(mode, str(stats["prompts"]), f"{stats['win_rate']:.3f}", f"{stats['win_prob']:.3f}", f"{stats['mean_length']:.2f}")
-    stdout.print(table)
+    columns = [("decoding", ""), ("prompts", ""), ("win rate", "wins over the references, ties half"), ("win prob", "mean P(policy > reference)"), ("length", "mean response words")]
+    row = [mode, str(stats["prompts"]), f"{stats['win_rate']:.3f}", f"{stats['win_prob']:.3f}", f"{stats['mean_length']:.2f}"]
+    stdout.print(figures_table(f"win rate vs references: {path}", columns, [row]))
     return {"policy": str(path), "decoding": mode, **stats}
 
 
@@ -246,16 +243,31 @@ def cmd_demo(task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig,
     study.run_study(demo.arms, root, [args.seed], jobs=1, echo=console.print, quiet=out.quiet)
     curves = study.aggregate(demo.arms, root, [args.seed])
     levels, need = study.level_queries(curves, (1.0,))
-    table = Table(title=demo.title)
-    for col in ("agent", "win rate pi_ref", "final win rate", f"queries to reach {levels[0]:.3f} (online's final)", "wall s"):
-        table.add_column(col)
+    columns = [
+        ("agent", ""), ("pi_ref", "win rate of pi_ref"), ("final", "win rate after the budget"),
+        (f"to {levels[0]:.3f}", "queries to reach online's final win rate"), ("wall s", "seconds"),
+    ]  # fmt: skip
+    rows = []
     for c in curves:
         q = need[c.label][0]
-        table.add_row(c.label, f"{c.reference:.3f}", f"{c.finals[0]:.3f}", "not reached" if q is None else f"{q:.0f}", f"{c.walls[0]:.0f}")
-    stdout.print(table)
+        rows.append([c.label, f"{c.reference:.3f}", f"{c.finals[0]:.3f}", "not reached" if q is None else f"{q:.0f}", f"{c.walls[0]:.0f}"])
+    stdout.print(figures_table(demo.title, columns, rows))
     study.plot(curves, root / "demo.png", demo.title)
     console.print(f"plot: {root / 'demo.png'}; runs: {root / 'runs'}")
+    console.print(demo_verdict(curves, need, levels[0], args.budget))
     return {"curves": [dataclasses.asdict(c) for c in curves], "level": levels[0], "queries_to_level": need}
+
+
+def demo_verdict(curves: list, need: dict, level: float, budget: int) -> str:
+    """The demo's last line: what the user just saw, and what to try next."""
+    sea = next(c for c in curves if c.label == "sea dpo")
+    q = need[sea.label][0]
+    seen = (
+        f"SEA-DPO reached online DPO's final win rate ({level:.3f}) after {q:.0f} of {budget} queries"
+        if q is not None
+        else f"SEA-DPO did not reach online DPO's final win rate ({level:.3f}) within {budget} queries"
+    )
+    return f"{seen}, on one seed. Next: sealign study fig5 --out studies/fig5 --seeds 3 (every loss, three seeds)"
 
 
 def cmd_export(task_cfg: TaskConfig, args: ExportArgs, out: OutputArgs) -> dict:
@@ -295,17 +307,18 @@ def cmd_train(
         if changed:
             raise SealignError(f"--resume continues with the run's saved settings; drop {', '.join('--' + n for n in changed)}")
     summary = train(run, progress=not out.quiet)
-    table = Table(title=f"{summary['agent']} {summary['loss']} — {cfg.resume or cfg.out}")
-    for col in ("queries", "win_rate pi_ref", "win_rate final", "wall s", "generate s", "select s", "oracle s", "learn s", "eval s"):
-        table.add_column(col)
+    columns = [
+        ("queries", ""), ("pi_ref", "win rate of pi_ref"), ("final", "win rate of the trained policy"), ("wall", "seconds in all"),
+        ("gen", "of them sampling"), ("select", "choosing duels"), ("oracle", "labelling"), ("learn", "training"), ("eval", "evaluating"),
+    ]  # fmt: skip
     t = summary["seconds"]
-    table.add_row(
+    row = [
         str(summary["queries"]),
         *("-" if summary[k] is None else f"{summary[k]:.3f}" for k in ("initial_win_rate", "final_win_rate")),
         str(summary["wall_seconds"]),
         *(f"{t[k]:.1f}" for k in ("generate", "select", "oracle", "learn", "eval")),
-    )
-    stdout.print(table)
+    ]
+    stdout.print(figures_table(f"{summary['agent']} {summary['loss']}: {cfg.resume or cfg.out}", columns, [row]))
     return summary
 
 

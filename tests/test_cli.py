@@ -23,6 +23,12 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def assert_fits_80_columns(out: str) -> None:
+    """A table of figures as printed into a non-terminal (rich's default width, 80): no header
+    or cell cut short with an ellipsis, no line beyond 80 characters."""
+    assert out.strip() and "…" not in out and max(map(len, out.splitlines())) <= 80, out
+
+
 def assert_one_error_line(code: int, err: str, *fragments: str) -> None:
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
@@ -89,7 +95,8 @@ def test_sft_then_eval_on_exported_data(capsys, tmp_path):
     assert run_cli(capsys, "export", *SMALL, "--out", str(data))[0] == 0
     report = tmp_path / "eval.json"
     code, out, _ = run_cli(capsys, "eval", *SMALL, *QUICK, "--data", str(data), "--json", str(report), "--quiet")
-    assert code == 0 and "win_rate" in out
+    assert code == 0 and "win rate" in out
+    assert_fits_80_columns(out)
     figures = json.loads(report.read_text())
     assert figures["prompts"] == 40 and 0.0 <= figures["win_rate"] <= 1.0
 
@@ -100,8 +107,9 @@ def test_eval_any_saved_policy(capsys, tmp_path, task):
     build_policy(TINY, tokenizer).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     report = tmp_path / "eval.json"
-    code, _, _ = run_cli(capsys, "eval", *SMALL, "--policy", str(tmp_path), "--json", str(report), "--best-of", "4")
+    code, out, _ = run_cli(capsys, "eval", *SMALL, "--policy", str(tmp_path), "--json", str(report), "--best-of", "4")
     assert code == 0
+    assert_fits_80_columns(out)
     assert json.loads(report.read_text())["decoding"].startswith("best-of-4")
 
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 import sealign
 from conftest import QUICK_SFT, TINY, small_run
-from test_cli import run_cli
+from test_cli import assert_fits_80_columns, run_cli
 from sealign.errors import SealignError
 from sealign.sft import ensure_reference
 
@@ -38,8 +38,9 @@ def test_a_resume_elsewhere_needs_a_copy_of_pi_ref(tmp_path, task_cfg, monkeypat
 
     # --ref with --resume says where the copy lies: not a changed setting
     figures = tmp_path / "again.json"
-    code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path / "r"), "--ref", str(copy), "--quiet", "--json", str(figures))
+    code, out, err = run_cli(capsys, "train", "--resume", str(tmp_path / "r"), "--ref", str(copy), "--quiet", "--json", str(figures))
     assert code == 0, err
+    assert_fits_80_columns(out)
     again = json.loads(figures.read_text())
     assert again["labels_asked_this_session"] == 0 and again["final_win_rate"] == summary["final_win_rate"]
     code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path / "r"), "--ref", str(tmp_path / "nowhere"), "--quiet")

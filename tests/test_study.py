@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import QUICK_PM_FLAGS
+from test_cli import assert_fits_80_columns
 from sealign.cli import main
 from sealign.errors import SealignError
 from sealign.study import (
@@ -245,8 +246,11 @@ def test_demo_runs_online_and_sea_and_compares_them(tmp_path, capsys):
     out = tmp_path / "demo"
     argv = ["demo", *SMALL.split()[: -len(QUICK_PM_FLAGS)], "--budget", "32", "--eval-every", "16", "--out", str(out), "--quiet"]
     assert main(argv) == 0
-    table = capsys.readouterr().out
-    assert "online dpo" in table and "sea dpo" in table and "queries to reach" in table
+    printed = capsys.readouterr()
+    table = printed.out
+    assert "online dpo" in table and "sea dpo" in table and "queries to reach" in " ".join(table.split())
+    assert_fits_80_columns(table)
+    assert "SEA-DPO" in printed.err and "Next: sealign study" in printed.err  # what was seen, what to try
     assert (out / "demo.png").read_bytes()[:8] == PNG
     summaries = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/summary.json"))]
     assert sorted(s["agent"] for s in summaries) == ["online", "sea"] and all(s["queries"] == 32 for s in summaries)
