@@ -141,3 +141,20 @@ def test_train_help_lists_each_option_once_in_groups(capsys):
     assert "(default: None)" not in text and text.count("(default:") < len(options)
     for group in ("task:", "oracle:", "ERM (epistemic reward model):", "agent and loop:", "backend:", "output:"):
         assert f"\n{group}\n" in text
+
+
+@pytest.mark.parametrize("description,total,info", [("pretrain preference model", 1500, "loss 0.412"), ("online simpo", 50000, "win 0.653  loss 0.693")])
+def test_progress_bar_keeps_its_counts_and_eta_in_80_columns(monkeypatch, description, total, info):
+    import io
+    import re
+
+    from rich.console import Console
+
+    from sealign import progress
+
+    screen = io.StringIO()
+    monkeypatch.setattr(progress, "console", Console(file=screen, width=80, force_terminal=True, color_system=None))
+    with progress.progress_bar() as bar:
+        bar.update(bar.add_task(description, total=total, info=""), completed=total // 3, info=info)
+    line = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue()).splitlines()[-1].rstrip()  # the last frame
+    assert f"{total // 3}/{total}" in line and "-:--:--" in line and line.endswith(info) and "…" not in line
