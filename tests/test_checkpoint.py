@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from sealign.actor import Actor, LocalActors, Ready
 from sealign.config import ERMConfig
@@ -19,7 +20,7 @@ from sealign.erm import EpistemicRewardModel
 from sealign.errors import SealignError
 from sealign.explorer import Explorer
 from sealign.learner import Learner, LearnerConfig
-from sealign.loop.checkpoint import restore, save_checkpoint
+from sealign.loop.checkpoint import load_weights, restore, save_checkpoint, trainable_weights
 from sealign.loop.state import LoopState, PromptStream
 from sealign.policy import build_policy
 from sealign.records import Candidates, Preferences
@@ -222,3 +223,15 @@ def test_a_pickled_checkpoint_of_an_earlier_version_is_refused_in_one_line(tmp_p
 def test_loop_state_is_plain_json():
     state = dataclasses.asdict(LoopState(since_eval={"loss": [0.1, 2]}, wall=0.1 + 0.2))
     assert LoopState(**json.loads(json.dumps(state))) == LoopState(**state)
+
+
+def test_adapters_of_another_lora_setting_are_refused_in_one_line(task):
+    from sealign.models import add_lora
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(task.build_tokenizer()), n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    model = add_lora(GPT2LMHeadModel(config), 2, 4.0)
+    theirs = add_lora(GPT2LMHeadModel(GPT2Config(**{**config.to_dict(), "n_layer": 2})), 2, 4.0)  # one layer more
+    with pytest.raises(SealignError, match="do not match this run's policy") as e:
+        load_weights(model, trainable_weights(theirs))
+    assert "\n" not in str(e.value)

@@ -61,3 +61,11 @@ def test_a_run_that_cannot_fit_is_refused_before_its_folder_exists(tmp_path, tas
     with pytest.raises(SealignError, match="exceeds the 1.0 MiB of cpu"):
         sealign.train(run)
     assert not (tmp_path / "r").exists()
+
+
+def test_bad_generation_batch_size_is_one_error_line(capsys, tmp_path):
+    from test_cli import assert_one_error_line, run_cli
+
+    code, _, err = run_cli(capsys, "train", "--generation-batch-size", "0", "--out", str(tmp_path / "run"))
+    assert_one_error_line(code, err, "--generation-batch-size must be positive")
+    assert not (tmp_path / "run").exists()

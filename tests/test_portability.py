@@ -45,3 +45,11 @@ def test_a_resume_elsewhere_needs_a_copy_of_pi_ref(tmp_path, task_cfg, monkeypat
     assert again["labels_asked_this_session"] == 0 and again["final_win_rate"] == summary["final_win_rate"]
     code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path / "r"), "--ref", str(tmp_path / "nowhere"), "--quiet")
     assert code == 2 and "no such file or folder" in err
+
+
+def test_a_resume_pointed_at_no_folder_is_refused_before_any_model_loads(task_cfg):
+    from sealign.config import ModelConfig
+    from sealign.models import load_models
+
+    with pytest.raises(SealignError, match="--ref '/no/such/copy': no such folder"):
+        load_models(ModelConfig(), task_cfg, TINY, QUICK_SFT, reference_copy="/no/such/copy", progress=False)
