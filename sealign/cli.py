@@ -140,11 +140,12 @@ def cmd_sft(task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig, 
 def _cached(result, what: str, figures: str) -> dict:
     """Print where a built (or reused) model lies and what its build measured; returns its meta."""
     meta = result.meta
+    how = "copied from the package (checksum verified)" if result.prebuilt else "reused" if result.reused else "built"
     console.print(
-        f"{what} {'reused' if result.reused else 'built'}: {result.path}\n"
-        f"  {meta['parameters']:,} parameters; {figures}; {meta['seconds']} s; peak RSS {meta['peak_rss_mb']} MB"
+        f"{what} {how}: {result.path}\n"
+        f"  {meta['parameters']:,} parameters; {figures}; built in {meta['seconds']} s; peak RSS {meta['peak_rss_mb']} MB"
     )
-    return {"path": str(result.path), "reused": result.reused, **{k: v for k, v in meta.items() if k != "losses"}}
+    return {"path": str(result.path), "reused": result.reused, "prebuilt": result.prebuilt, **{k: v for k, v in meta.items() if k != "losses"}}
 
 
 def cmd_pm(task_cfg: TaskConfig, pm_cfg: PreferenceModelConfig, out: OutputArgs) -> dict:
@@ -240,7 +241,7 @@ def cmd_demo(task_cfg: TaskConfig, policy_cfg: PolicyConfig, sft_cfg: SFTConfig,
     _check_arms(demo)
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
-    study.run_study(demo.arms, root, [args.seed], jobs=1, echo=console.print, quiet=out.quiet)
+    study.run_study(demo.arms, root, [args.seed], jobs=len(demo.arms), echo=console.print, quiet=out.quiet)
     curves = study.aggregate(demo.arms, root, [args.seed])
     levels, need = study.level_queries(curves, (1.0,))
     columns = [

@@ -12,6 +12,7 @@ import os
 import resource
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,6 +28,9 @@ from sealign.tasks import TASKS, make_task
 
 SFT_FORMAT = 1  # bump when the SFT recipe changes, so old caches are not reused
 META_FILE = "sft.json"
+# Every build trains on this many threads, whatever the caller set: float sums are split by the
+# thread count, so 1 and 2 threads gave other weights after 30 steps. One CPU kind, one result.
+BUILD_THREADS = 2
 
 
 def cache_root() -> Path:
@@ -52,6 +56,7 @@ class CachedModel:
     path: Path
     reused: bool
     meta: dict
+    prebuilt: bool = False  # copied from the package's checksummed copy (sealign.prebuilt)
 
 
 def weights_fingerprint(path: Path) -> str:
@@ -106,12 +111,18 @@ def ensure_reference(
 
 
 def cached_model(final: Path, build: Callable[[], tuple]) -> CachedModel:
-    """The model cached at `final`, or the one `build()` trains — (model, tokenizer, per-step
-    losses, its settings and figures) — saved there first with its meta (sft.json)."""
+    """The model cached at `final`, else the package's prebuilt copy of it, else the one `build()`
+    trains — (model, tokenizer, per-step losses, its settings and figures) — saved there first
+    with its meta (sft.json)."""
+    from sealign import prebuilt
+
     if (final / META_FILE).is_file():
         return CachedModel(final, True, json.loads((final / META_FILE).read_text()))
+    if prebuilt.install(final):
+        return CachedModel(final, True, json.loads((final / META_FILE).read_text()), prebuilt=True)
     start = time.time()
-    model, tokenizer, losses, facts = build()
+    with build_threads(BUILD_THREADS):
+        model, tokenizer, losses, facts = build()
     window = max(1, min(50, len(losses) // 10))
     meta = {
         **facts,
@@ -126,6 +137,17 @@ def cached_model(final: Path, build: Callable[[], tuple]) -> CachedModel:
     return CachedModel(final, False, meta)
 
 
+@contextmanager
+def build_threads(n: int):
+    """Run the block on `n` torch threads, then give the caller back its own count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def clipped_step(model: torch.nn.Module, optimizer, scheduler, loss: torch.Tensor) -> None:
     """One optimizer step on `loss` with gradients clipped to norm 1, then the schedule's."""
     optimizer.zero_grad(set_to_none=True)
@@ -136,13 +158,22 @@ def clipped_step(model: torch.nn.Module, optimizer, scheduler, loss: torch.Tenso
 
 
 def save_to_cache(model, tokenizer, meta: dict, final: Path) -> None:
-    """Write a model folder with its `sft.json`-style meta into a private folder and rename it into
-    place, so a crash never leaves a half cache and two builders never mix their files."""
+    """Write a model folder with its `sft.json`-style meta into place at once (`write_folder`)."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+
+    write_folder(final, write)
+
+
+def write_folder(final: Path, write: Callable[[Path], None]) -> None:
+    """Let `write` fill a private folder, then rename it to `final`, so a crash never leaves a
+    half cache and two builders never mix their files."""
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+    write(tmp)
     final.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(tmp, final)

@@ -25,18 +25,6 @@ CASES = {name: ["--agent", name] for name in sorted(AGENTS)} | {
 }
 
 
-@pytest.fixture(scope="module")
-def golden_home(tmp_path_factory):
-    return tmp_path_factory.mktemp("golden_home")
-
-
-@pytest.fixture(autouse=True)
-def _own_reference(_private_cache, golden_home, monkeypatch):
-    """pi_ref built here, in this process: one another test built in a subprocess with other
-    thread counts rounds differently, and would make these tests skip."""
-    monkeypatch.setenv("SEALIGN_HOME", str(golden_home))
-
-
 def _argv(case: str) -> list[str]:
     flags = CASES[case]
     agent = AGENTS[flags[1]]
