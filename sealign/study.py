@@ -19,14 +19,17 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from sealign.config import TrainConfig
 from sealign.errors import SealignError
+from sealign.progress import progress_bar
 from sealign.runfolder import read_jsonl
 
 # ---- specification --------------------------------------------------------------------------
@@ -284,42 +287,68 @@ def queries_to_reach(queries: Sequence[float], values: Sequence[float], level: f
 # ---- running --------------------------------------------------------------------------------
 
 
+# Every run of a study on one thread: float sums are split by the thread count, so a run's figures
+# then depend neither on the machine's cores nor on how many runs share them (parallelism is --jobs).
+RUN_THREADS = 1
+DEFAULT_BUDGET = next(f.default for f in fields(TrainConfig) if f.name == "budget")
+
+
 def run_folder(out: Path, arm: Arm, seed: int) -> Path:
     return out / "runs" / f"{arm.slug}-s{seed}"
 
 
-def run_one(folder: Path, flags: Sequence[str], seed: int, threads: int, quiet: bool = True) -> str:
-    """Run (or resume, or skip) one seed of one arm in its own process; returns its status."""
+def run_one(folder: Path, flags: Sequence[str], seed: int, threads: int, tick: Callable[[], None] = lambda: None) -> str:
+    """Run (or resume, or skip) one seed of one arm in its own, quiet process, calling `tick`
+    about twice a second while it runs; returns its status."""
     if (folder / "summary.json").is_file():
         return "done before"
     resuming = (folder / "config.json").is_file()
     where = ["--resume", str(folder)] if resuming else [*flags, "--seed", str(seed), "--out", str(folder)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    command = [sys.executable, "-m", "sealign", "train", *where, *(["--quiet"] if quiet else [])]
-    proc = subprocess.run(command, env=env, capture_output=quiet, text=True)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1] if quiet else f"exit code {proc.returncode}"
-        raise SealignError(f"run {folder} failed: {last}")
+    command = [sys.executable, "-m", "sealign", "train", *where, "--quiet"]
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        while proc.poll() is None:
+            tick()
+            time.sleep(0.5)
+        if proc.returncode != 0:
+            log.seek(0)
+            last = (log.read().strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            raise SealignError(f"run {folder} failed: {last}")
     return "resumed" if resuming else "ran"
+
+
+def labels_so_far(folder: Path) -> int:
+    """Oracle labels a run's ledger holds: one line of queries.jsonl each, written as it arrives."""
+    try:
+        with open(folder / "queries.jsonl", "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
 
 
 def run_study(
     arms: Sequence[Arm], out: Path, seeds: Sequence[int], jobs: int, echo: Callable[[str], None] = print, quiet: bool = True
 ) -> None:
-    """Every (arm, seed) not finished yet, `jobs` at a time, each with cores // jobs threads."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    """Every (arm, seed) not finished yet, `jobs` at a time, each on RUN_THREADS threads. Unless
+    `quiet`, a progress bar per run counts the labels in its ledger (the runs themselves are quiet:
+    several at once would draw over each other's bars)."""
     tasks = [(run_folder(out, arm, seed), arm, seed) for arm in arms for seed in seeds]
     start = time.perf_counter()
 
-    def work(task):
-        folder, arm, seed = task
-        status = run_one(folder, arm.flags, seed, threads, quiet)
-        where = f"{arm.panel}: " if arm.panel else ""
-        echo(f"{where}{arm.label} seed {seed}: {status} ({time.perf_counter() - start:.0f} s)")
+    with progress_bar(not quiet) as bar:
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for future in [pool.submit(work, t) for t in tasks]:
-            future.result()
+        def work(task):
+            folder, arm, seed = task
+            job = bar.add_task(f"{arm.label} seed {seed}", total=int(arm.option("budget", str(DEFAULT_BUDGET))), info="")
+            status = run_one(folder, arm.flags, seed, RUN_THREADS, tick=lambda: bar.update(job, completed=labels_so_far(folder)))
+            bar.update(job, completed=labels_so_far(folder), info=status)
+            where = f"{arm.panel}: " if arm.panel else ""
+            echo(f"{where}{arm.label} seed {seed}: {status} ({time.perf_counter() - start:.0f} s)")
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for future in [pool.submit(work, t) for t in tasks]:
+                future.result()
 
 
 # ---- aggregation ----------------------------------------------------------------------------
