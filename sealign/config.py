@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,7 @@ class PreferenceModelConfig:
 
 ORACLE_KINDS = ("task", "rm:MODEL", "judge:MODEL", "http://HOST:PORT", "human")
 DTYPES = ("float32", "bfloat16", "float16")
+ACTORS = ("transformers", "vllm")  # --actor: sealign.actor.Actor, sealign.vllm_actor.VLLMActor
 
 
 def oracle_kind(spec: str, flag: str = "--oracle") -> tuple[str, str]:
@@ -282,6 +284,11 @@ class ModelConfig:
     memory_check: bool = field(
         default=True, metadata=_help("estimate the peak memory on --device before the run and refuse one that cannot fit")
     )
+    actor: str = field(
+        default="transformers",
+        metadata=_help("what samples pi_theta's candidates: transformers' generate, or vllm (a GPU; pip install 'sealign[vllm]')", choices=list(ACTORS)),
+    )
+    actor_memory: float = field(default=0.3, metadata=_help("--actor vllm: share of the GPU's memory its engine takes for weights and cache"))
 
     def __post_init__(self) -> None:
         _check_source("--policy", self.policy)
@@ -296,9 +303,14 @@ class ModelConfig:
         )
         _require(self.lora_r == 0 or self.policy is not None, "--lora-r needs --policy")
         if self.lora_r:
-            import importlib.util
-
             _require(importlib.util.find_spec("peft") is not None, "--lora-r needs peft: pip install 'sealign[lora]'")
+        _require(self.actor in ACTORS, f"unknown --actor {self.actor!r} (known: {', '.join(ACTORS)})")
+        _require(0 < self.actor_memory < 1, f"--actor-memory must be in (0, 1), got {self.actor_memory}")
+        if self.actor == "vllm":
+            _require(self.device.startswith("cuda"), f"--actor vllm needs a GPU: --device cuda (got {self.device!r})")
+            # the adapters would have to be merged into the engine's weights at every push
+            _require(self.lora_r == 0, "--actor vllm does not take --lora-r yet: train every weight, or use --actor transformers")
+            _require(importlib.util.find_spec("vllm") is not None, "--actor vllm needs vLLM, which is not installed: pip install 'sealign[vllm]'")
 
 
 @dataclass
@@ -613,8 +625,6 @@ class BackendConfig:
     ALGORITHM = ("actors", "async_collect", "max_staleness")  # kept on resume
 
     def __post_init__(self) -> None:
-        import importlib.util
-
         _require(self.backend in BACKENDS, f"unknown --backend {self.backend!r} (known: {', '.join(BACKENDS)})")
         _require(self.actors >= 1, f"--actors must be at least 1, got {self.actors}")
         _require(self.max_staleness >= 1, f"--max-staleness must be at least 1, got {self.max_staleness}")
@@ -655,6 +665,10 @@ class RunConfig:
         _require(
             self.train.resume is not None or self.model.ref is None or self.model.policy is not None,
             "--ref needs --policy (the built-in pi_ref is its own reference)",
+        )
+        _require(
+            self.model.actor != "vllm" or self.backend.backend == "local",
+            "--actor vllm samples in the driver's process: use --backend local (Ray actors sample with transformers)",
         )
 
     @property

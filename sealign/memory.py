@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from sealign.actor import GENERATION_PROMPTS
+from sealign.agents import AGENTS
 from sealign.config import RunConfig
 from sealign.errors import SealignError
 
@@ -46,16 +47,22 @@ class Workload:
 
     micro_pairs: int  # preference pairs per learner forward/backward
     seq_len: int  # longest prompt + response + <eos>
-    generation_rows: int  # sequences the actor samples at once (prompts x candidates)
+    generation_rows: int  # sequences the actor samples at once with transformers (prompts x candidates)
     gradient_checkpointing: bool = False
+    engine_bytes: int = 0  # what a vLLM actor's engine reserves (its weights and paged cache)
 
 
-def run_workload(run: RunConfig, seq_len: int) -> Workload:
-    """The shapes of `run`'s steps, for sequences of at most `seq_len` tokens."""
+def run_workload(run: RunConfig, seq_len: int, capacity: Optional[int] = None) -> Workload:
+    """The shapes of `run`'s steps, for sequences of at most `seq_len` tokens, on a device of
+    `capacity` bytes (what a vLLM engine's share is taken of)."""
     cfg = run.train
-    sampled = cfg.pool_size(cfg.batch_size) * cfg.num_candidates  # one actor call's rows
-    rows = min(sampled, run.model.generation_batch_size or GENERATION_PROMPTS * cfg.num_candidates)
-    return Workload(cfg.micro_batch_size or cfg.batch_size, seq_len, rows, cfg.gradient_checkpointing)
+    vllm = run.model.actor == "vllm"
+    # with vLLM, transformers samples only XPO's pi_ref candidate, one per prompt
+    per_prompt = int(AGENTS[cfg.agent].reference_duel) if vllm else cfg.num_candidates
+    sampled = cfg.pool_size(cfg.batch_size) * per_prompt  # one actor call's rows
+    rows = min(sampled, run.model.generation_batch_size or GENERATION_PROMPTS * per_prompt)
+    engine = round(run.model.actor_memory * capacity) if vllm and capacity else 0
+    return Workload(cfg.micro_batch_size or cfg.batch_size, seq_len, rows, cfg.gradient_checkpointing, engine)
 
 
 def shape_of(model: torch.nn.Module) -> ModelShape:
@@ -101,6 +108,7 @@ def estimate(shape: ModelShape, work: Workload) -> dict[str, int]:
         # step's fp32 logits per row
         "kv cache": 2 * shape.layers * work.generation_rows * work.seq_len * shape.kv_width * b
         + work.generation_rows * shape.vocab * 4,
+        "vllm engine": work.engine_bytes,
     }
     held = sum(v for k, v in parts.items() if k not in ("logits", "activations", "kv cache"))
     parts["peak"] = held + max(parts["logits"] + parts["activations"], parts["kv cache"])

@@ -25,6 +25,7 @@ class Models:
     ref: Optional[PreTrainedModel]  # a separate frozen pi_ref, or None: the learner copies the initial policy
     ref_source: str  # folder or hub name of pi_ref: the ERM's default backbone
     fingerprint: str  # identifies the starting weights, so a resume can refuse a changed pi_ref
+    source: str  # folder or hub name the policy's weights were read from
 
 
 def fingerprint(source: str) -> str:
@@ -64,7 +65,7 @@ def load_models(
     if cfg.lora_r:
         policy = add_lora(policy, cfg.lora_r, cfg.lora_alpha, seed)
     stamp = fingerprint(source) if ref_path is None else f"{fingerprint(source)}+{fingerprint(ref_path)}"
-    return Models(policy, tokenizer, ref, ref_source, stamp)
+    return Models(policy, tokenizer, ref, ref_source, stamp, source)
 
 
 PI_REF, PREFERENCE_MODEL = "pi_ref", "pm"  # --erm-backbone names for the reference policy and the task's preference model

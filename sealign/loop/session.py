@@ -125,18 +125,18 @@ def build_session(
     train_records, skipped_train, longest_train = drop_long(train_records, tokenizer, limit)
     holdout, skipped_eval, longest_eval = drop_long(holdout, tokenizer, limit)
     check_fits(models.policy, max(longest_train, longest_eval), max_new_tokens)
-    _check_memory(run, models, max(longest_train, longest_eval) + max_new_tokens + 1, progress)
+    seq_len = max(longest_train, longest_eval) + max_new_tokens + 1  # the longest prompt, response and <eos>
+    _check_memory(run, models, seq_len, progress)
     judge, oracle = _oracles(run, task, labeller)
     learner = Learner(models.policy, tokenizer, learner_config(run), ref=models.ref)
-    actor = Actor(
-        models.policy,
-        tokenizer,
+    actor = _actor(
+        run, models, seq_len,
         num_candidates=cfg.num_candidates,
         temperature=cfg.train_temperature,
         max_new_tokens=max_new_tokens,
         reference=learner.ref if agent.reference_duel else None,
         generation_batch_size=run.model.generation_batch_size,
-    )
+    )  # fmt: skip
     actors = _actors(run, actor)
     explorer = Explorer(
         cfg.explore,
@@ -162,7 +162,8 @@ def build_session(
 def _check_memory(run: RunConfig, models: Models, seq_len: int, progress: bool) -> None:
     """Print the estimated peak memory on the policy's device; refuse a run that cannot fit."""
     device = run.model.device
-    parts, capacity = estimate(shape_of(models.policy), run_workload(run, seq_len)), device_capacity(device)
+    capacity = device_capacity(device)
+    parts = estimate(shape_of(models.policy), run_workload(run, seq_len, capacity))
     if progress:
         console.print(describe(parts, device, capacity))
     if run.model.memory_check:
@@ -177,6 +178,18 @@ def _read_conversations(tokenizer, records: list[PromptRecord]) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise SealignError("the data holds chat-format prompts, and the policy's tokenizer has no chat template")
     tokenizer.sealign_chat = True
+
+
+def _actor(run: RunConfig, models: Models, max_len: int, **kwargs) -> Actor:
+    """The Actor of --actor: transformers' generate samples, or a vLLM engine on the GPU."""
+    if run.model.actor != "vllm":
+        return Actor(models.policy, models.tokenizer, **kwargs)
+    from sealign.vllm_actor import VLLMActor, VLLMSampler
+
+    sampler = VLLMSampler(
+        models.source, models.tokenizer, dtype=run.model.dtype, memory=run.model.actor_memory, max_len=max_len, seed=run.train.seed
+    )
+    return VLLMActor(models.policy, models.tokenizer, sampler, **kwargs)
 
 
 def _actors(run: RunConfig, actor: Actor):
