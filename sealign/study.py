@@ -196,10 +196,12 @@ SEA = {loss: flags.replace("online", "sea") for loss, flags in ONLINE.items()}
 APL, XPO = "--agent apl --loss dpo", "--agent xpo --loss dpo"
 CONTENDERS = {"online dpo": ONLINE["dpo"], "sea dpo": SEA["dpo"], "apl": APL, "xpo": XPO}
 # The demo's arms: online DPO at its best screened setting, and SEA-DPO with the same optimiser,
-# the ERM features (examples/sea-screen.yaml) and the exploration schedule
-# (examples/sea-screen-ee.yaml) that did best on seeds 100-101
+# the ERM features (examples/sea-screen.yaml), the exploration schedule (examples/sea-screen-ee.yaml)
+# and the number of candidates (examples/sea-screen-knobs.yaml) that did best on seeds 100-101
 BEST_ONLINE_DPO = "--agent online --loss dpo --beta 0.05 --lr-schedule constant_with_warmup"
-BEST_SEA_DPO = BEST_ONLINE_DPO.replace("online", "sea") + " --erm-backbone pi_ref --erm-layer 0 --erm-logprobs --explore ee_ts --burn-in 100"
+BEST_SEA_DPO = (
+    BEST_ONLINE_DPO.replace("online", "sea") + " --erm-backbone pi_ref --erm-layer 0 --erm-logprobs --explore ee_ts --burn-in 100 --num-candidates 10"
+)
 
 PRESETS: dict[str, dict] = {
     "fig1": {
