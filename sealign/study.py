@@ -320,13 +320,23 @@ def run_one(folder: Path, flags: Sequence[str], seed: int, threads: int, tick: C
     return "resumed" if resuming else "ran"
 
 
-def labels_so_far(folder: Path) -> int:
-    """Oracle labels a run's ledger holds: one line of queries.jsonl each, written as it arrives."""
-    try:
-        with open(folder / "queries.jsonl", "rb") as f:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
-    except FileNotFoundError:
-        return 0
+class LedgerCount:
+    """Oracle labels a run's ledger holds: one line of queries.jsonl each, written as it arrives.
+    Each call reads only what was appended since the last, so a progress bar can ask often."""
+
+    def __init__(self, folder: Path):
+        self.path, self.offset, self.labels = folder / "queries.jsonl", 0, 0
+
+    def __call__(self) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return self.labels
+        self.offset += chunk.rfind(b"\n") + 1  # a line still being written is counted when it ends
+        self.labels += chunk.count(b"\n")
+        return self.labels
 
 
 def run_study(
@@ -343,8 +353,9 @@ def run_study(
         def work(task):
             folder, arm, seed = task
             job = bar.add_task(f"{arm.label} seed {seed}", total=int(arm.option("budget", str(DEFAULT_BUDGET))), info="")
-            status = run_one(folder, arm.flags, seed, RUN_THREADS, tick=lambda: bar.update(job, completed=labels_so_far(folder)))
-            bar.update(job, completed=labels_so_far(folder), info=status)
+            labels = LedgerCount(folder)
+            status = run_one(folder, arm.flags, seed, RUN_THREADS, tick=lambda: bar.update(job, completed=labels()))
+            bar.update(job, completed=labels(), info=status)
             where = f"{arm.panel}: " if arm.panel else ""
             echo(f"{where}{arm.label} seed {seed}: {status} ({time.perf_counter() - start:.0f} s)")
 

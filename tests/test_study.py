@@ -20,8 +20,8 @@ from sealign.cli import main
 from sealign.errors import SealignError
 from sealign.study import (
     Curve,
+    LedgerCount,
     aggregate,
-    labels_so_far,
     level_queries,
     load_study,
     mean_se,
@@ -240,7 +240,7 @@ def test_study_skips_finished_and_resumes_interrupted_runs(tmp_path):
     summary = json.loads((cut / "summary.json").read_text())
     assert summary["queries"] == 96 and summary["labels_asked_this_session"] == 96 - asked_before
     labels = [json.loads(line) for line in (cut / "queries.jsonl").read_text().splitlines()]
-    assert len(labels) == 96 == labels_so_far(cut)  # what a progress bar of the study counts
+    assert len(labels) == 96 == LedgerCount(cut)()  # what a progress bar of the study counts
 
 
 def test_demo_runs_online_and_sea_and_compares_them(tmp_path, capsys):
@@ -277,3 +277,14 @@ def test_first_seed_moves_every_arms_seeds(tmp_path):
     assert main(["study", str(path), "--out", str(tmp_path / "s"), "--first-seed", "100", "--seeds", "2", "--jobs", "1", "--quiet"]) == 0
     assert sorted(p.name[-4:] for p in (tmp_path / "s" / "runs").iterdir()) == ["s100", "s101"]
     assert "Seeds 100, 101" in (tmp_path / "s" / "screen" / "report.md").read_text()
+
+
+def test_ledger_count_reads_only_what_was_appended_and_waits_for_whole_lines(tmp_path):
+    count = LedgerCount(tmp_path)
+    assert count() == 0  # no ledger yet
+    ledger = tmp_path / "queries.jsonl"
+    ledger.write_bytes(b'{"i": 0}\n{"i": 1}\n{"i": 2')  # the third label still being written
+    assert count() == 2
+    with open(ledger, "ab") as f:
+        f.write(b'}\n{"i": 3}\n')
+    assert count() == 4 and count() == 4
