@@ -299,14 +299,14 @@ def run_folder(out: Path, arm: Arm, seed: int) -> Path:
     return out / "runs" / f"{arm.slug}-s{seed}"
 
 
-def run_one(folder: Path, flags: Sequence[str], seed: int, threads: int, tick: Callable[[], None] = lambda: None) -> str:
-    """Run (or resume, or skip) one seed of one arm in its own, quiet process, calling `tick`
-    about twice a second while it runs; returns its status."""
+def run_one(folder: Path, flags: Sequence[str], seed: int, tick: Callable[[], None] = lambda: None) -> str:
+    """Run (or resume, or skip) one seed of one arm in its own, quiet process on RUN_THREADS
+    threads, calling `tick` about twice a second while it runs; returns its status."""
     if (folder / "summary.json").is_file():
         return "done before"
     resuming = (folder / "config.json").is_file()
     where = ["--resume", str(folder)] if resuming else [*flags, "--seed", str(seed), "--out", str(folder)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(RUN_THREADS)}
     command = [sys.executable, "-m", "sealign", "train", *where, "--quiet"]
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -354,7 +354,7 @@ def run_study(
             folder, arm, seed = task
             job = bar.add_task(f"{arm.label} seed {seed}", total=int(arm.option("budget", str(DEFAULT_BUDGET))), info="")
             labels = LedgerCount(folder)
-            status = run_one(folder, arm.flags, seed, RUN_THREADS, tick=lambda: bar.update(job, completed=labels()))
+            status = run_one(folder, arm.flags, seed, tick=lambda: bar.update(job, completed=labels()))
             bar.update(job, completed=labels(), info=status)
             where = f"{arm.panel}: " if arm.panel else ""
             echo(f"{where}{arm.label} seed {seed}: {status} ({time.perf_counter() - start:.0f} s)")
