@@ -39,24 +39,31 @@ def main() -> None:
     parser.add_argument("--holdout", type=int, default=2000, help="further prompts for held-out pairs")
     parser.add_argument("--seeds", type=int, default=3, help="ERM seeds per configuration")
     parser.add_argument("--cache", default="/tmp/erm-study")
+    parser.add_argument("--pm", help="a saved preference model to measure instead of the default (e.g. one that "
+                        "benchmarks/preference_model_variants.py --save wrote)")
     args = parser.parse_args()
     hf_logging.disable_progress_bar()
     task_cfg, pm_cfg = TaskConfig(), PreferenceModelConfig()
     t0 = time.time()
-    pm = ensure_preference_model(task_cfg, pm_cfg, progress=False)
-    size = sum(f.stat().st_size for f in Path(pm.path).glob("*.safetensors")) / 2**20
-    print(
-        f"preference model {pm.path}: {pm.meta['parameters']:,} parameters, {size:.2f} MiB, built in {pm.meta['seconds']} s "
-        f"({'cached' if pm.reused else f'{time.time() - t0:.0f} s now'}); held-out agreement with the public judge "
-        f"{pm.meta['public_judge_agreement']:.3f}"
-    )
+    if args.pm:
+        pm_path = args.pm
+        print(f"preference model {pm_path}")
+    else:
+        pm = ensure_preference_model(task_cfg, pm_cfg, progress=False)
+        pm_path = pm.path
+        size = sum(f.stat().st_size for f in Path(pm.path).glob("*.safetensors")) / 2**20
+        print(
+            f"preference model {pm.path}: {pm.meta['parameters']:,} parameters, {size:.2f} MiB, built in {pm.meta['seconds']} s "
+            f"({'cached' if pm.reused else f'{time.time() - t0:.0f} s now'}); held-out agreement with the public judge "
+            f"{pm.meta['public_judge_agreement']:.3f}"
+        )
     data = sample_pairs(args.prompts + args.holdout, 2, 0, Path(args.cache))
     n, z = args.prompts, data["first_wins"]
     held = torch.arange(n, len(z))[~data["tie"][n:]]
     prompts, first, second = ([data[k][i] for i in held.tolist()] for k in ("prompts", "first", "second"))
     task = make_task(task_cfg)
     public = torch.tensor(task.public_reward(prompts, first)) > torch.tensor(task.public_reward(prompts, second))
-    model, tokenizer = AutoModelForSequenceClassification.from_pretrained(pm.path), AutoTokenizer.from_pretrained(pm.path)
+    model, tokenizer = AutoModelForSequenceClassification.from_pretrained(pm_path), AutoTokenizer.from_pretrained(pm_path)
     print(f"{len(held)} held-out pi_ref pairs with distinct true rewards")
     print(f"| judge | agreement with the oracle |\n|---|---|\n| public judge | {agreement(public, z[held]):.3f} |")
     chosen = [a if zi else b for a, b, zi in zip(first, second, z[held].tolist())]
@@ -68,8 +75,8 @@ def main() -> None:
     backbones = {
         "pi_ref, last layer, mean": [Backbone(ref, "mean")],
         "pi_ref, embeddings + log-probs (SEA's screened features)": [Backbone(ref, "mean", layer=0, logprobs=True)],
-        "preference model, mean": [Backbone(pm.path, "mean")],
-        "preference model, last token": [Backbone(pm.path, "last")],
+        "preference model, mean": [Backbone(pm_path, "mean")],
+        "preference model, last token": [Backbone(pm_path, "last")],
     }
     backbones["pi_ref embeddings + log-probs, and the preference model's last token"] = [
         *backbones["pi_ref, embeddings + log-probs (SEA's screened features)"], *backbones["preference model, last token"]

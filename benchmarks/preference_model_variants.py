@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("variants", nargs="*", default=list(VARIANTS), choices=VARIANTS, metavar="VARIANT")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--cache", default="/tmp/erm-study")
+    parser.add_argument("--save", help="folder to save each trained variant in (VARIANT/, loadable by path as an ERM backbone)")
     args = parser.parse_args()
     hf_logging.disable_progress_bar()
     task = make_task(TaskConfig())
@@ -159,6 +160,9 @@ def main() -> None:
             model.eval()
             print(f"| {variant} | {step} | {time.time() - t0:.0f} | {agreement(model)} |", flush=True)
             model.train()
+        if args.save:
+            model.eval().save_pretrained(Path(args.save) / variant)
+            tokenizer.save_pretrained(Path(args.save) / variant)
 
 
 if __name__ == "__main__":
