@@ -39,7 +39,7 @@ from transformers.utils import logging as hf_logging
 from erm_features import sample_pairs
 from sealign.config import PolicyConfig, PreferenceModelConfig, SFTConfig, TaskConfig
 from sealign.policy import encode_pairs, generate, load_policy
-from sealign.preference_model import PM_DIMS, build_preference_model, ensure_preference_model, judged_pairs
+from sealign.preference_model import PM_DIMS, build_preference_model, ensure_preference_model, judged_pairs, public_judgement
 from sealign.sft import clipped_step, ensure_reference
 from sealign.tasks import make_task
 from sealign.tasks.keywords import MARKER, post_words
@@ -85,18 +85,14 @@ def scores(model, tokenizer, prompts: list[str], responses: list[str]) -> torch.
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **segments).logits[:, 0]
 
 
-def policy_pairs(task, n_posts: int, rng: np.random.Generator) -> list[tuple[str, str, str]]:
-    """(prompt, chosen, rejected) by the public judge, of two pi_ref samples of each fresh post."""
+def policy_pairs(task, n_posts: int, rng: np.random.Generator) -> tuple[list[str], list[str], list[str]]:
+    """(prompts, chosen, rejected) by the public judge, of two pi_ref samples of each fresh post."""
     ref = ensure_reference(TaskConfig(), PolicyConfig(), SFTConfig(), progress=False)
     model, tokenizer = load_policy(ref.path)
-    vocab = np.array(task.words)
-    lo, hi = task.post_length
-    posts = [" ".join([*vocab[rng.choice(len(vocab), size=rng.integers(lo, hi + 1), replace=False)], MARKER]) for _ in range(n_posts)]
+    posts = [" ".join([*task.random_post(rng), MARKER]) for _ in range(n_posts)]
     torch.manual_seed(int(rng.integers(2**31)))
     samples = generate(model, tokenizer, posts, num_samples=2, temperature=0.7, max_new_tokens=task.max_new_tokens, batch_size=256)
-    r_a = task.public_reward(posts, [s[0] for s in samples])
-    r_b = task.public_reward(posts, [s[1] for s in samples])
-    return [(x, a, b) if ra > rb else (x, b, a) for x, (a, b), ra, rb in zip(posts, samples, r_a, r_b) if ra != rb]
+    return public_judgement(task, [(x, a, b) for x, (a, b) in zip(posts, samples)])
 
 
 def main() -> None:
@@ -144,15 +140,15 @@ def main() -> None:
         model = build(variant, tokenizer)
         rng = np.random.default_rng(0)
         t0 = time.time()
-        pool = policy_pairs(task, 20000, rng) if variant.endswith("policy") else []
+        pool = policy_pairs(task, 20000, rng) if variant.endswith("policy") else ([], [], [])
         optimizer = torch.optim.AdamW(model.parameters(), lr=LR[variant.split("-")[0]], betas=(0.9, 0.95), weight_decay=0.01)
         scheduler = get_cosine_schedule_with_warmup(optimizer, args.steps // 20, args.steps)
         model.train()
         for step in range(1, args.steps + 1):
-            own = int(rng.binomial(64, 0.5)) if pool else 0
+            own = int(rng.binomial(64, 0.5)) if pool[0] else 0
             x, c, r = judged_pairs(task, 64 - own, rng)
-            for i in rng.integers(len(pool), size=own):
-                x, c, r = x + [pool[i][0]], c + [pool[i][1]], r + [pool[i][2]]
+            drawn = rng.integers(len(pool[0]), size=own).tolist()
+            x, c, r = (part + [whole[i] for i in drawn] for part, whole in zip((x, c, r), pool))
             r_chosen, r_rejected = scores(model, tokenizer, x * 2, c + r).chunk(2)
             clipped_step(model, optimizer, scheduler, -F.logsigmoid(r_chosen - r_rejected).mean())  # Eq. 5
             if step % (args.steps // 3) and step != args.steps:

@@ -54,7 +54,11 @@ def build_preference_model(tokenizer, seed: int) -> LlamaForSequenceClassificati
 
 def judged_pairs(task, n: int, rng: np.random.Generator) -> tuple[list[str], list[str], list[str]]:
     """n pretraining pairs as (prompts, chosen, rejected) by the public judge; ties are dropped."""
-    triples = task.pretraining_pairs(n, rng)
+    return public_judgement(task, task.pretraining_pairs(n, rng))
+
+
+def public_judgement(task, triples: list[tuple[str, str, str]]) -> tuple[list[str], list[str], list[str]]:
+    """(prompt, a, b) triples as (prompts, chosen, rejected) by the public judge; ties are dropped."""
     prompts = [x for x, _, _ in triples]
     r_a = task.public_reward(prompts, [a for _, a, _ in triples])
     r_b = task.public_reward(prompts, [b for _, _, b in triples])

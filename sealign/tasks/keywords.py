@@ -139,13 +139,16 @@ class KeywordsTask:
 
     def _make_split(self, split: str) -> list[PromptRecord]:
         rng = np.random.default_rng(self._split_seeds[split])
-        vocab = np.array(self.words)
-        lo, hi = self.post_length
         records = []
         for _ in range(self._split_sizes[split]):
-            post = vocab[rng.choice(len(vocab), size=rng.integers(lo, hi + 1), replace=False)].tolist()
+            post = self.random_post(rng)
             records.append(PromptRecord(prompt=" ".join([*post, MARKER]), reference=" ".join(self._reference(post, rng))))
         return records
+
+    def random_post(self, rng: np.random.Generator) -> list[str]:
+        """A post's words: `post_length` distinct vocabulary words in random order."""
+        lo, hi = self.post_length
+        return [self.words[i] for i in rng.choice(len(self.words), size=rng.integers(lo, hi + 1), replace=False).tolist()]
 
     def _reference(self, post: list[str], rng: np.random.Generator) -> list[str]:
         """A mediocre human-like summary: the k words that look most salient through noise, in post order."""
@@ -186,11 +189,9 @@ class KeywordsTask:
         second summaries are the first after one edit (`_edit`), so that close pairs (as a
         policy's samples are) are common; the other half are drawn afresh.
         """
-        vocab = np.array(self.words)
-        lo, hi = self.post_length
         out = []
         for _ in range(n):
-            post = vocab[rng.choice(len(vocab), size=rng.integers(lo, hi + 1), replace=False)].tolist()
+            post = self.random_post(rng)
             a = self._random_summary(post, rng)
             b = self._edit(post, a, rng) if rng.random() < self.pretraining_edit_share else self._random_summary(post, rng)
             out.append((" ".join([*post, MARKER]), " ".join(a), " ".join(b)))
