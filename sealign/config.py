@@ -405,6 +405,13 @@ class ERMConfig:
             "best vs worst candidate of a prompt the oracle is not asked about)"
         ),
     )
+    erm_soft_labels: bool = field(
+        default=False,
+        metadata=_help(
+            "beyond the paper: the policy learns each ERM-labelled pair by its loss expected under the ensemble's "
+            "preference probability (mean over heads of sigma(r_k(y) - r_k(y'))) instead of the hard label"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.erm_backbone not in ("pi_ref", "pm"):

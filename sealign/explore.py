@@ -159,6 +159,12 @@ def erm_labelled_pairs(rewards: Tensor, generator: torch.Generator, mask: Option
     return DuelChoice(chosen, rejected, tied.squeeze(1) | (chosen == rejected))
 
 
+def ensemble_preference(rewards: Tensor, prompt: Tensor, chosen: Tensor, rejected: Tensor) -> Tensor:
+    """P(y ≻ y') under the posterior (Eq. 3 averaged over the K sampled heads):
+    (1/K) Σ_k σ(r_k(x, y) − r_k(x, y')) for each (prompt, chosen, rejected) index triple; returns (N,)."""
+    return torch.sigmoid(rewards[:, prompt, chosen] - rewards[:, prompt, rejected]).mean(0)
+
+
 def head_agreement(rewards: Tensor, chosen: Tensor) -> Tensor:
     """Share of the K heads that rank candidate `chosen` (P,) strictly above each candidate; (P, M)."""
     p = rewards.shape[1]

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from sealign.config import ERMConfig
 from sealign.erm import Backbone, EpistemicRewardModel
-from sealign.explore import SELECTORS, DuelChoice, apl_select, erm_labelled_pairs, gated_erm_pairs
+from sealign.explore import SELECTORS, DuelChoice, apl_select, ensemble_preference, erm_labelled_pairs, gated_erm_pairs
 from sealign.records import Candidates, Duels, Preferences
 
 
@@ -112,7 +112,8 @@ class Explorer:
         added to the ERM's own data. The paper's rule (§4.3): one pair per prompt, a sampled head's
         best vs worst candidate (a head indifferent between all candidates gives none). With
         `erm_gate`, only pairs that share of the heads agree on (`gated_erm_pairs`), several per
-        prompt, never the oracle's own duel. Returns the pairs and the prompt of each."""
+        prompt, never the oracle's own duel. With `erm_soft_labels`, each pair carries the
+        ensemble's P(chosen > rejected) for the learner. Returns the pairs and the prompt of each."""
         sub, mask = sel.rewards[:, rows], sel.mask[rows]
         if self.erm.cfg.erm_gate is None:
             pairs = erm_labelled_pairs(sub, self.generator, mask)
@@ -125,11 +126,13 @@ class Explorer:
             fresh = ~(((chosen == first) & (rejected == second)) | ((chosen == second) & (rejected == first)))
             at, chosen, rejected = at[fresh][:wanted], chosen[fresh][:wanted], rejected[fresh][:wanted]
         prompts = [rows[i] for i in at.tolist()]
+        soft = ensemble_preference(sub, at, chosen, rejected).tolist() if self.erm.cfg.erm_soft_labels else None
         return (
             Preferences(
                 prompts=[sel.candidates.prompts[r] for r in prompts],
                 chosen=[sel.candidates.responses[r][c] for r, c in zip(prompts, chosen.tolist())],
                 rejected=[sel.candidates.responses[r][c] for r, c in zip(prompts, rejected.tolist())],
+                confidence=soft,
             ),
             prompts,
         )

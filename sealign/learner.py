@@ -16,7 +16,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sealign.errors import SealignError
-from sealign.losses import get_loss, implicit_rewards, masked_mean
+from sealign.losses import expected_loss, get_loss, implicit_rewards, masked_mean
 from sealign.policy import sequence_logprobs
 from sealign.records import Preferences
 
@@ -161,7 +161,12 @@ class Learner:
         if self.cfg.loss == "simpo":
             extra.update(chosen_lengths=lengths[:b].float(), rejected_lengths=lengths[b:].float())
         part = valid[pairs].to(pi_logp.device)
-        loss = masked_mean(self.loss_fn(pi_c, pi_r, ref_c, ref_r, self.cfg.beta, **extra), part)
+        if batch.confidence is None:
+            per_pair = self.loss_fn(pi_c, pi_r, ref_c, ref_r, self.cfg.beta, **extra)
+        else:  # soft labels: the loss expected under each label's probability
+            p = torch.tensor(batch.confidence[pairs], dtype=pi_logp.dtype, device=pi_logp.device)
+            per_pair = expected_loss(self.loss_fn, p, pi_c, pi_r, ref_c, ref_r, self.cfg.beta, **extra)
+        loss = masked_mean(per_pair, part)
         return (pi_c.detach(), pi_r.detach(), ref_c, ref_r), loss * valid_share(part, valid).to(loss.device)
 
     def _diagnostics(

@@ -89,6 +89,28 @@ def simpo(
     return -F.logsigmoid(logits)
 
 
+def expected_loss(
+    loss_fn: LossFn,
+    p: Tensor,
+    pi_chosen: Tensor,
+    pi_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    beta: float,
+    chosen_lengths: Tensor | None = None,
+    rejected_lengths: Tensor | None = None,
+    **kwargs,
+) -> Tensor:
+    """E_{z ~ Bernoulli(p)} F = p F(y+, y−) + (1 − p) F(y−, y+): a DAP loss when the label itself is
+    uncertain, as an ERM's label is (beyond the paper: §4.3's B_ERM with the ensemble's preference
+    probability p (B,) instead of a hard label). For DPO it is conservative DPO with ε = 1 − p."""
+    lengths = {} if chosen_lengths is None else {"chosen_lengths": chosen_lengths, "rejected_lengths": rejected_lengths}
+    swapped = {} if chosen_lengths is None else {"chosen_lengths": rejected_lengths, "rejected_lengths": chosen_lengths}
+    forward = loss_fn(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, **lengths, **kwargs)
+    backward = loss_fn(pi_rejected, pi_chosen, ref_rejected, ref_chosen, beta, **swapped, **kwargs)
+    return p * forward + (1 - p) * backward
+
+
 LOSSES: dict[str, LossFn] = {"dpo": dpo, "ipo": ipo, "simpo": simpo, "slic": slic}
 
 # SEA paper §5.2: β = 0.1 (DPO) and 0.2 (SLiC) are robust at all scales; IPO's β is tuned per scale.

@@ -6,6 +6,7 @@ Plain lists of strings keep them serialisable, so the roles can later live in ot
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -65,6 +66,8 @@ class Preferences:
     prompts: list[str]  # (B,)
     chosen: list[str]  # (B,)
     rejected: list[str]  # (B,)
+    # P(chosen > rejected) where a label is uncertain (an ERM's soft label); None: every label is sure
+    confidence: Optional[list[float]] = None  # (B,)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -85,4 +88,6 @@ class Preferences:
         )
 
     def __add__(self, other: "Preferences") -> "Preferences":
-        return Preferences(self.prompts + other.prompts, self.chosen + other.chosen, self.rejected + other.rejected)
+        sure = self.confidence is None and other.confidence is None
+        confidence = None if sure else (self.confidence or [1.0] * len(self)) + (other.confidence or [1.0] * len(other))
+        return Preferences(self.prompts + other.prompts, self.chosen + other.chosen, self.rejected + other.rejected, confidence)

@@ -12,6 +12,7 @@ from sealign.explore import (
     apl_select,
     bai_ts,
     ee_ts,
+    ensemble_preference,
     erm_labelled_pairs,
     logit_variance,
     passive,
@@ -123,6 +124,14 @@ def test_erm_labelled_pairs_are_best_and_worst_of_a_sampled_head():
         c = erm_labelled_pairs(rewards, gen(seed))
         outcomes.add((c.first.item(), c.second.item()))
     assert outcomes == {(1, 2), (0, 3)}  # head 0: best 1, worst 2; head 1: best 0, worst 3
+
+
+def test_ensemble_preference_averages_each_heads_probability():
+    """Same tensor, pair (1, 2): head 0's margin 5 − (−2) = 7, head 1's 0 − 1 = −1, so
+    P = (σ(7) + σ(−1)) / 2 = (0.999089 + 0.268941) / 2 = 0.634015; the reversed pair gets 1 − P."""
+    rewards = torch.tensor([[[0.0, 5.0, -2.0, 1.0]], [[3.0, 0.0, 1.0, -4.0]]])
+    at, one, two = torch.tensor([0, 0]), torch.tensor([1, 2]), torch.tensor([2, 1])
+    assert ensemble_preference(rewards, at, one, two).tolist() == pytest.approx([0.634015, 0.365985], abs=1e-6)
 
 
 def test_apl_ranks_prompts_by_predictive_entropy_high_first():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -73,6 +74,28 @@ def test_learner_step_prefers_chosen(task):
     figures = learner.step(batch)
     assert gap() > before
     assert figures["loss"] == pytest.approx(0.6931, abs=1e-3)  # pi = pi_ref at the first step: -log sigma(0)
+
+
+def test_soft_labels_move_the_policy_as_their_probability_says(task):
+    """The gradient of a sure soft label (p = 1) is the hard label's, p = 0 the reversed pair's,
+    and p = 1/2 gives none at pi = pi_ref (DPO's two orders pull equally hard there)."""
+    tokenizer = task.build_tokenizer()
+    record = task.records("holdout")[0]
+    x, good, bad = record.prompt, task.optimal_summary(record.prompt), record.reference
+
+    def gradient(batch: Preferences) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = build_policy(TINY, tokenizer)
+        Learner(model, tokenizer, LearnerConfig("dpo", 0.1, 1e-3, "constant", 0, 1)).step(batch)
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    hard = gradient(Preferences([x], [good], [bad]))
+    assert hard.abs().max() > 1e-4
+    assert torch.allclose(gradient(Preferences([x], [good], [bad], [1.0])), hard, rtol=1e-4, atol=1e-8)
+    assert torch.allclose(gradient(Preferences([x], [bad], [good], [0.0])), hard, rtol=1e-4, atol=1e-8)
+    assert gradient(Preferences([x], [good], [bad], [0.5])).abs().max() < 1e-9
+    mixed = Preferences([x], [good], [bad]) + Preferences([x], [bad], [good], [0.25])
+    assert mixed.confidence == [1.0, 0.25] and (Preferences([x], [good], [bad]) + Preferences([], [], [])).confidence is None
 
 
 def test_identical_pairs_do_not_move_the_policy(task):
@@ -256,7 +279,8 @@ def _tiny_sea(out, **kw) -> TrainConfig:
 ERM_TINY = ERMConfig(erm_heads=4, erm_hidden=16)
 
 
-def test_erm_labelled_pairs_never_reach_the_oracle_nor_the_budget(tmp_path, task_cfg, monkeypatch):
+@pytest.mark.parametrize("soft", [False, True])
+def test_erm_labelled_pairs_never_reach_the_oracle_nor_the_budget(tmp_path, task_cfg, monkeypatch, soft):
     from sealign import learner as learner_mod
     from sealign.oracles import RewardOracle
 
@@ -273,7 +297,8 @@ def test_erm_labelled_pairs_never_reach_the_oracle_nor_the_budget(tmp_path, task
 
     monkeypatch.setattr(learner_mod.Learner, "step", step)
     monkeypatch.setattr(RewardOracle, "label", label)
-    summary = train(small_run(_tiny_sea(tmp_path / "r", budget=64, batch_size=16), task_cfg, erm=ERM_TINY))
+    erm = dataclasses.replace(ERM_TINY, erm_soft_labels=soft)
+    summary = train(small_run(_tiny_sea(tmp_path / "r", budget=64, batch_size=16), task_cfg, erm=erm))
     rows = ledger(tmp_path / "r")
     assert summary["queries"] == len(rows) == len(asked) == 64  # every oracle label is one query
     assert [(r["prompt"], r["first"], r["second"]) for r in rows] == asked
@@ -281,11 +306,18 @@ def test_erm_labelled_pairs_never_reach_the_oracle_nor_the_budget(tmp_path, task
     from_oracle = {(r["prompt"], r["first"], r["second"]) for r in rows} | {(r["prompt"], r["second"], r["first"]) for r in rows}
     mixed = [(p, c, r) for b in batches for p, c, r in zip(b.prompts, b.chosen, b.rejected) if (p, c, r) not in from_oracle]
     assert len(mixed) == 64  # the other half of every batch was labelled by the ERM
+    if soft:  # the oracle's labels are sure; the ERM's carry the ensemble's probability
+        sure = [c for b in batches for p, ch, r, c in zip(b.prompts, b.chosen, b.rejected, b.confidence) if (p, ch, r) in from_oracle]
+        unsure = [c for b in batches for p, ch, r, c in zip(b.prompts, b.chosen, b.rejected, b.confidence) if (p, ch, r) not in from_oracle]
+        assert sure == [1.0] * 64 and len(unsure) == 64 and all(0.0 < c < 1.0 for c in unsure)
+    else:
+        assert all(b.confidence is None for b in batches)
     state = read_checkpoint(tmp_path / "r" / "checkpoints" / "last")
     assert len(state["explorer"]["erm"]["chosen"]) == 64  # the ERM trains on the oracle's labels only
     metrics = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["erm_fraction"] == pytest.approx(0.5)
     assert {"erm_accuracy", "disagreement_selected", "clash_rate", "erm_loss"} <= set(metrics[-1])
+    assert ("erm_label_confidence" in metrics[-1]) == soft
 
 
 def test_xpo_optimism_term_value_and_gradient_sign(task):

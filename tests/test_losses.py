@@ -18,6 +18,7 @@ from sealign.losses import (
     DEFAULT_BETA,
     LOSSES,
     dpo,
+    expected_loss,
     get_loss,
     implicit_rewards,
     ipo,
@@ -49,6 +50,21 @@ def test_dpo_label_smoothing():
     loss = dpo(*batch(), beta=0.1, label_smoothing=0.1)
     assert loss[0].item() == pytest.approx(0.654397, abs=1e-6)
     assert dpo(*batch(), beta=0.1, label_smoothing=0.0).tolist() == dpo(*batch(), beta=0.1).tolist()
+
+
+def test_expected_loss_is_conservative_dpo_and_weighs_both_orders():
+    """E_z F for p = 0.9 is DPO with ε = 0.1 (0.654397 at h = 1, as above). IPO, β = 0.5, h = (1, 0, −2):
+    forward (0, 1, 9), swapped (−h − 1)² = (4, 1, 1); p = (1, 0.5, 0) gives (0, 1, 1). SimPO swaps the
+    lengths with the responses: p = 0 is SimPO on the reversed pair."""
+    p = torch.tensor([0.9, 0.9, 0.9])
+    assert expected_loss(dpo, p, *batch(), beta=0.1).tolist() == pytest.approx(dpo(*batch(), beta=0.1, label_smoothing=0.1).tolist())
+    assert expected_loss(ipo, torch.tensor([1.0, 0.5, 0.0]), *batch(), beta=0.5).tolist() == pytest.approx([0.0, 1.0, 1.0])
+    assert expected_loss(slic, torch.ones(3), *batch(), beta=0.2).tolist() == slic(*batch(), beta=0.2).tolist()  # sure labels
+    pi_c, pi_r, ref_c, ref_r = batch()
+    n_c, n_r = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([2.0, 1.0, 1.0])
+    reversed_pair = simpo(pi_r, pi_c, ref_r, ref_c, beta=2.0, chosen_lengths=n_r, rejected_lengths=n_c)
+    soft = expected_loss(simpo, torch.zeros(3), pi_c, pi_r, ref_c, ref_r, beta=2.0, chosen_lengths=n_c, rejected_lengths=n_r)
+    assert soft.tolist() == pytest.approx(reversed_pair.tolist())
 
 
 def test_ipo_hand_worked():

@@ -74,6 +74,8 @@ def diagnose(s: "Session", records: list, sel: "Selection", erm_pairs: Optional[
         judged = probs[~torch.isnan(probs)]  # a judge may leave some unanswered
         if len(judged):
             out["erm_label_accuracy"] = (judged > 0.5).double().mean().item()
+        if erm_pairs.confidence is not None:  # how sure the ensemble was of them: calibration
+            out["erm_label_confidence"] = sum(erm_pairs.confidence) / len(erm_pairs)
     if s.agent.learn_erm and judge.scores:
         out.update(_margins(s, sel, len(prompts)))
     return out
