@@ -514,7 +514,8 @@ def plot(curves: Sequence[Curve], path: Path, title: str, metric_label: str = "w
     """One sub-figure per panel: mean curves against queries, shaded ± one s.e., pi_ref dashed."""
     plt = _pyplot()
     panels = list(dict.fromkeys(c.panel for c in curves))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels) + 0.6, 4.0), dpi=90, sharey=True, squeeze=False)
+    width = 5.0 * len(panels) + 0.6
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.0), dpi=90, sharey=True, squeeze=False)
     for ax, panel in zip(axes[0], panels):
         group = [c for c in curves if c.panel == panel]
         for c in group:
@@ -530,7 +531,7 @@ def plot(curves: Sequence[Curve], path: Path, title: str, metric_label: str = "w
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel(metric_label)
-    fig.suptitle("\n".join(textwrap.wrap(title, 90)), fontsize=10)
+    fig.suptitle("\n".join(textwrap.wrap(title, int(12 * width))), fontsize=10)  # about 12 characters an inch
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
