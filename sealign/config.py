@@ -677,6 +677,15 @@ class RunConfig:
             self.model.actor != "vllm" or self.backend.backend == "local",
             "--actor vllm samples in the driver's process: use --backend local (Ray actors sample with transformers)",
         )
+        from sealign.agents import AGENTS
+
+        shaped = [flag for flag, on in (("--erm-gate", self.erm.erm_gate is not None), ("--erm-soft-labels", self.erm.erm_soft_labels)) if on]
+        aligning = ", ".join(name for name, agent in AGENTS.items() if agent.self_align)
+        _require(
+            not shaped or AGENTS[self.train.agent].self_align,
+            f"{' and '.join(shaped)} {'apply' if len(shaped) > 1 else 'applies'} to the ERM-labelled pairs of a self-aligning "
+            f"agent ({aligning}); agent {self.train.agent} learns from none",
+        )
 
     @property
     def folder(self) -> str:
