@@ -681,8 +681,8 @@ class RunConfig:
 
         shaped = [flag for flag, on in (("--erm-gate", self.erm.erm_gate is not None), ("--erm-soft-labels", self.erm.erm_soft_labels)) if on]
         aligning = ", ".join(name for name, agent in AGENTS.items() if agent.self_align)
-        _require(
-            not shaped or AGENTS[self.train.agent].self_align,
+        _require(  # a resumed run's agent is the saved one, checked when it is read back
+            not shaped or self.train.resume is not None or AGENTS[self.train.agent].self_align,
             f"{' and '.join(shaped)} {'apply' if len(shaped) > 1 else 'applies'} to the ERM-labelled pairs of a self-aligning "
             f"agent ({aligning}); agent {self.train.agent} learns from none",
         )

@@ -69,8 +69,16 @@ class Preferences:
     # P(chosen > rejected) where a label is uncertain (an ERM's soft label); None: every label is sure
     confidence: Optional[list[float]] = None  # (B,)
 
+    def __post_init__(self) -> None:
+        if self.confidence is not None and len(self.confidence) != len(self.prompts):
+            raise ValueError(f"{len(self.confidence)} label probabilities for {len(self.prompts)} pairs")
+
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def probabilities(self) -> list[float]:
+        """P(chosen > rejected) of every pair, 1 where the label is sure."""
+        return [1.0] * len(self) if self.confidence is None else self.confidence
 
     @property
     def valid(self) -> torch.Tensor:
@@ -88,6 +96,5 @@ class Preferences:
         )
 
     def __add__(self, other: "Preferences") -> "Preferences":
-        sure = self.confidence is None and other.confidence is None
-        confidence = None if sure else (self.confidence or [1.0] * len(self)) + (other.confidence or [1.0] * len(other))
+        confidence = None if self.confidence is None and other.confidence is None else self.probabilities() + other.probabilities()
         return Preferences(self.prompts + other.prompts, self.chosen + other.chosen, self.rejected + other.rejected, confidence)

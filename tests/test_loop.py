@@ -94,8 +94,19 @@ def test_soft_labels_move_the_policy_as_their_probability_says(task):
     assert torch.allclose(gradient(Preferences([x], [good], [bad], [1.0])), hard, rtol=1e-4, atol=1e-8)
     assert torch.allclose(gradient(Preferences([x], [bad], [good], [0.0])), hard, rtol=1e-4, atol=1e-8)
     assert gradient(Preferences([x], [good], [bad], [0.5])).abs().max() < 1e-9
-    mixed = Preferences([x], [good], [bad]) + Preferences([x], [bad], [good], [0.25])
-    assert mixed.confidence == [1.0, 0.25] and (Preferences([x], [good], [bad]) + Preferences([], [], [])).confidence is None
+    y, short = task.records("holdout")[1].prompt, task.records("holdout")[1].reference  # each p goes with its own pair
+    both = gradient(Preferences([x, y], [good, short], [bad, ""]))
+    assert torch.allclose(gradient(Preferences([x, y], [good, ""], [bad, short], [1.0, 0.0])), both, rtol=1e-4, atol=1e-8)
+    assert not torch.allclose(gradient(Preferences([x, y], [good, ""], [bad, short], [0.0, 1.0])), both, rtol=1e-4, atol=1e-8)
+
+
+def test_preferences_merge_label_probabilities():
+    sure, soft, empty = Preferences(["x"], ["a"], ["b"]), Preferences(["y"], ["c"], ["d"], [0.25]), Preferences([], [], [], [])
+    assert (sure + soft).confidence == [1.0, 0.25] and (soft + sure).confidence == [0.25, 1.0]
+    assert (soft + soft).confidence == [0.25, 0.25] and (sure + empty).confidence == [1.0]
+    assert (sure + Preferences([], [], [])).confidence is None
+    with pytest.raises(ValueError, match="2 label probabilities for 1 pairs"):
+        Preferences(["x"], ["a"], ["b"], [0.5, 0.5])
 
 
 def test_identical_pairs_do_not_move_the_policy(task):

@@ -94,7 +94,7 @@ def test_gated_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp_pa
     monkeypatch.setattr(learner_mod.Learner, "step", lambda self, b, r=None: (batches.append(b), real_step(self, b, r))[1])
     monkeypatch.setattr(RewardOracle, "label", lambda self, x, a, b: (asked.extend(zip(x, a, b)), real_label(self, x, a, b))[1])
     cfg = TrainConfig(agent="sea", num_candidates=6, burn_in=0, gamma=0.25, batch_size=32, budget=64, eval_every=64, out=str(tmp_path / "r"))
-    erm = ERMConfig(erm_heads=4, erm_hidden=16, erm_gate=1.0, erm_backbone="pm")
+    erm = ERMConfig(erm_heads=4, erm_hidden=16, erm_gate=1.0, erm_backbone="pm", erm_soft_labels=True)
     summary = train(small_run(cfg, task_cfg, erm=erm))
     rows = [json.loads(x) for x in (tmp_path / "r" / "queries.jsonl").read_text().splitlines()]
     assert summary["queries"] == len(rows) == len(asked) == 64 and summary["prompts"] <= 64 + summary["identical_skipped"]
@@ -102,6 +102,8 @@ def test_gated_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp_pa
     assert len(batches) == 8  # 8 oracle pairs a step: the ERM's pairs come from the same prompts, up to 24 more
     erm_pairs = [(x, c, r) for b in batches for x, c, r in zip(b.prompts, b.chosen, b.rejected) if (x, c, r) not in oracle_pairs]
     assert sum(len(b) for b in batches) == 64 + len(erm_pairs) and all(len(b) <= 32 for b in batches)
+    soft = [p for b in batches for x, c, r, p in zip(b.prompts, b.chosen, b.rejected, b.probabilities()) if (x, c, r) not in oracle_pairs]
+    assert len(soft) == len(erm_pairs) and all(p > 0.5 for p in soft)  # every head prefers the chosen one: so does their mean
     state = read_checkpoint(tmp_path / "r" / "checkpoints" / "last")
     assert len(state["explorer"]["erm"]["chosen"]) == 64  # the ERM's own data: oracle labels only
 
@@ -142,6 +144,13 @@ def test_bad_input_is_one_line(capsys, tmp_path, argv, fragment):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and fragment in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_resume_refuses_an_erm_flag_as_a_changed_setting(capsys, tmp_path):
+    """The run's agent is the saved one, so the agent check waits for it: the user hears the resume rule."""
+    code = main(["train", "--resume", str(tmp_path / "r"), "--erm-soft-labels", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["sealign: error: --resume continues with the run's saved settings; drop --erm-soft-labels"]
 
 
 def test_training_oracle_pm_refuses_a_users_data(capsys, tmp_path, prompts_jsonl):

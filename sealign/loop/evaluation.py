@@ -71,11 +71,11 @@ def diagnose(s: "Session", records: list, sel: "Selection", erm_pairs: Optional[
     if erm_pairs is not None and len(erm_pairs):
         probs = judge.compare(erm_pairs.prompts, erm_pairs.chosen, erm_pairs.rejected)
         state.eval_calls += len(erm_pairs)
-        judged = probs[~torch.isnan(probs)]  # a judge may leave some unanswered
-        if len(judged):
-            out["erm_label_accuracy"] = (judged > 0.5).double().mean().item()
-        if erm_pairs.confidence is not None:  # how sure the ensemble was of them: calibration
-            out["erm_label_confidence"] = sum(erm_pairs.confidence) / len(erm_pairs)
+        answered = ~torch.isnan(probs)  # a judge may leave some unanswered
+        if answered.any():
+            out["erm_label_accuracy"] = (probs[answered] > 0.5).double().mean().item()
+            if erm_pairs.confidence is not None:  # how sure the ensemble was of the same pairs: calibration
+                out["erm_label_confidence"] = torch.tensor(erm_pairs.confidence, dtype=torch.float64)[answered].mean().item()
     if s.agent.learn_erm and judge.scores:
         out.update(_margins(s, sel, len(prompts)))
     return out
