@@ -11,6 +11,7 @@ from typing import Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sealign.config import PolicyConfig
@@ -132,7 +133,7 @@ def generate(
         chunk, special = prompt_inputs(tokenizer, prompts[start : start + batch_size])
         enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=special).to(model.device)
         sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}
-        inputs = shared_prompt_inputs(model, enc, num_samples) if num_samples > 1 else dict(enc)
+        inputs = shared_prompt_inputs(model, enc, num_samples, max_new_tokens) if num_samples > 1 else dict(enc)
         ids = model.generate(
             **inputs,
             do_sample=not greedy,
@@ -149,7 +150,7 @@ def generate(
     return out
 
 
-def shared_prompt_inputs(model: PreTrainedModel, enc: dict[str, torch.Tensor], num_samples: int) -> dict:
+def shared_prompt_inputs(model: PreTrainedModel, enc: dict[str, torch.Tensor], num_samples: int, room: int) -> dict:
     """Generation inputs for `num_samples` samples per prompt whose prompt is encoded only once.
 
     `generate(num_return_sequences=M)` copies every prompt M times and runs the prompt through
@@ -157,7 +158,8 @@ def shared_prompt_inputs(model: PreTrainedModel, enc: dict[str, torch.Tensor], n
     is repeated M times per prompt, and generate continues from it: the M copies of a prompt
     share one prefill (with M = 20 candidates, most of sampling's cost). Positions are those
     generate derives from the left-padded attention mask; rows stay prompt-major, as
-    num_return_sequences orders them. `enc`: `input_ids`, `attention_mask`, each (B, T).
+    num_return_sequences orders them. The cache keeps `room` free positions per layer for the
+    tokens generate appends (`PreallocatedLayer`). `enc`: `input_ids`, `attention_mask`, each (B, T).
     """
     ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, T)
     repeat = {k: v.repeat_interleave(num_samples, dim=0) for k, v in enc.items()}  # (B * M, T)
@@ -165,7 +167,48 @@ def shared_prompt_inputs(model: PreTrainedModel, enc: dict[str, torch.Tensor], n
         return repeat
     _, cache, cache_key = prefill(model, ids[:, :-1], mask[:, :-1])  # only the cache is wanted
     cache.batch_repeat_interleave(num_samples)  # (B * M) rows, prompt-major
+    layers = getattr(cache, "layers", [])
+    for i, layer in enumerate(layers):
+        if type(layer) is DynamicLayer and layer.is_initialized:  # sliding-window and other layers keep their own
+            layers[i] = PreallocatedLayer(layer.keys, layer.values, room)
     return {**repeat, cache_key: cache}
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values live in buffers with room for the tokens still to come.
+
+    DynamicLayer appends each generated token by concatenation, copying the whole cache of every
+    layer once per token; with M = 20 candidates per prompt that copy was about a fifth of
+    sampling's time. Here a token is written into the free room and the layer exposes a view of
+    the filled part, so the attention sees the very same keys and values (same samples, same
+    seed). When the room runs out the buffers grow, as a DynamicLayer would.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int):
+        super().__init__()
+        self.lazy_initialization(keys, values)
+        self.room = max(1, room)
+        self._keys, self._values = self._with_room(keys), self._with_room(values)  # (B, H, T + room, D)
+        self.keys, self.values = self._keys[..., : keys.shape[-2], :], self._values[..., : keys.shape[-2], :]
+
+    def _with_room(self, filled: torch.Tensor) -> torch.Tensor:
+        shape = (*filled.shape[:-2], filled.shape[-2] + self.room, filled.shape[-1])
+        buffer = filled.new_empty(shape)
+        buffer[..., : filled.shape[-2], :] = filled
+        return buffer
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:  # after reset(): start as a DynamicLayer, take room at the next token
+            return super().update(key_states, value_states)
+        n, new = self.keys.shape[-2], key_states.shape[-2]
+        if self.keys.data_ptr() != self._keys.data_ptr() or n + new > self._keys.shape[-2]:
+            # out of room, or the rows were reordered, selected or moved: new buffers around them
+            self.room = max(self.room, new)
+            self._keys, self._values = self._with_room(self.keys), self._with_room(self.values)
+        self._keys[..., n : n + new, :] = key_states
+        self._values[..., n : n + new, :] = value_states
+        self.keys, self.values = self._keys[..., : n + new, :], self._values[..., : n + new, :]
+        return self.keys, self.values
 
 
 def prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> tuple:

@@ -61,3 +61,35 @@ def test_shared_prompt_prefill_samples_what_generate_samples(task):
     texts = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert shared == [texts[i : i + 4] for i in range(0, len(texts), 4)]
     assert len({t for row in shared for t in row}) > 5  # a real test: the samples differ
+
+
+def test_preallocated_cache_layer_holds_what_a_dynamic_layer_holds():
+    """Appending into preallocated room (sampling's key/value cache) gives the same keys and values
+    as DynamicLayer's concatenation: past its room, after rows are selected or reordered, after a
+    crop, and after a reset."""
+    from transformers.cache_utils import DynamicLayer
+
+    from sealign.policy import PreallocatedLayer
+
+    g = torch.Generator().manual_seed(0)
+    kv = lambda rows, t: (torch.randn(rows, 2, t, 3, generator=g), torch.randn(rows, 2, t, 3, generator=g))  # noqa: E731
+    keys, values = kv(4, 5)
+    grown, plain = PreallocatedLayer(keys, values, room=2), DynamicLayer()
+    plain.update(keys, values)
+    steps = [
+        lambda layer: None,
+        lambda layer: None,
+        lambda layer: None,  # the third token is past the room of 2
+        lambda layer: layer.batch_select_indices(torch.tensor([2, 0, 1, 3])),
+        lambda layer: layer.crop(-2),
+        lambda layer: layer.reset(),
+        lambda layer: None,
+    ]
+    for i, before in enumerate(steps):
+        for layer in (grown, plain):
+            before(layer)
+        new = kv(4, 2 if i == 5 else 1)  # after the reset, two tokens at once
+        out, ref = grown.update(*new), plain.update(*new)
+        assert all(torch.equal(a, b) for a, b in zip(out, ref)), f"step {i}"
+        assert grown.get_seq_length() == plain.get_seq_length()
+    assert grown.get_seq_length() == 3  # the reset emptied both: two tokens, then one
