@@ -347,7 +347,28 @@ def run_config(flags: list[str]) -> RunConfig:
     if remaining:
         raise SealignError(f"unrecognized arguments: {' '.join(remaining)}")
     task, policy, sft, oracle, erm, model, data, train, backend, pm = cfgs
+    refuse_unused_erm_flags(flags, train)
     return RunConfig(train, task, policy, sft, oracle, erm, model, data, pm, backend)
+
+
+def refuse_unused_erm_flags(typed: list[str], train: TrainConfig) -> None:
+    """`--erm-*` options typed for an agent without an epistemic reward model would be silently
+    ignored: refuse them. A recipe's (`--config`) are not typed: a recipe describes SEA's ERM, and
+    its other arms (`--agent online`, ...) run from it unchanged."""
+    if train.resume is not None:  # the saved agent decides; changed settings are refused on resume
+        return
+    from sealign.agents import AGENTS
+
+    agent = AGENTS[train.agent]
+    names = dict.fromkeys(t.split("=", 1)[0].lstrip("-").replace("_", "-") for t in typed if t.startswith("--"))
+    given = [f"--{n}" for n in names if n.startswith("erm-")]
+    if given and not agent.learn_erm:
+        listed = ", ".join(given[:-1]) + " and " + given[-1] if len(given) > 1 else given[0]
+        with_erm = ", ".join(name for name, a in AGENTS.items() if a.learn_erm)
+        raise SealignError(
+            f"{listed} {'configure' if len(given) > 1 else 'configures'} the epistemic reward model, which agent "
+            f"{agent.name} does not have: drop {'them' if len(given) > 1 else 'it'}, or use an agent with one ({with_erm})"
+        )
 
 
 def _check_arms(plan) -> list[RunConfig]:
@@ -542,12 +563,13 @@ def main(argv: list[str] | None = None) -> int:
             n = next((i for i, token in enumerate(rest) if token.startswith("-")), len(rest))
             rest = [f"--{POSITIONAL[name]}", *rest[:n], *rest[n:]]
         parser = _Parser(types, prog=f"sealign {name}", description=doc)
-        rest, recipe = _pop_config(rest)
-        if recipe is not None:
-            rest = [*config_args(recipe, parser), *rest]
+        typed, recipe = _pop_config(rest)
+        rest = typed if recipe is None else [*config_args(recipe, parser), *typed]
         *cfgs, remaining = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
         if remaining:
             raise SealignError(f"unrecognized arguments: {' '.join(remaining)}")
+        if name == "train":
+            refuse_unused_erm_flags(typed, next(c for c in cfgs if isinstance(c, TrainConfig)))
         out = cfgs[-1]  # every command ends with OutputArgs
         if out.json and not Path(out.json).resolve().parent.is_dir():
             raise SealignError(f"--json {out.json!r}: its folder does not exist")

@@ -679,23 +679,13 @@ class RunConfig:
         )
         from sealign.agents import AGENTS
 
-        agent = AGENTS[self.train.agent]
-        if self.train.resume is None:  # a resumed run's agent is the saved one, checked when it is read back
-            given = [f.name for f in dataclasses.fields(ERMConfig) if getattr(self.erm, f.name) != f.default]
-            flags = lambda names: " and ".join(f"--{n.replace('_', '-')}" for n in names)  # noqa: E731
-            with_erm = ", ".join(name for name, a in AGENTS.items() if a.learn_erm)
-            _require(
-                not given or agent.learn_erm,
-                f"{flags(given)} {'set' if len(given) > 1 else 'sets'} the epistemic reward model, which agent "
-                f"{agent.name} does not have (agents with one: {with_erm})",
-            )
-            shaped = [n for n in ("erm_gate", "erm_soft_labels") if n in given]
-            aligning = ", ".join(name for name, a in AGENTS.items() if a.self_align)
-            _require(
-                not shaped or agent.self_align,
-                f"{flags(shaped)} {'apply' if len(shaped) > 1 else 'applies'} to the ERM-labelled pairs of a self-aligning "
-                f"agent ({aligning}); agent {agent.name} learns from none",
-            )
+        shaped = [flag for flag, on in (("--erm-gate", self.erm.erm_gate is not None), ("--erm-soft-labels", self.erm.erm_soft_labels)) if on]
+        aligning = ", ".join(name for name, agent in AGENTS.items() if agent.self_align)
+        _require(  # a resumed run keeps its saved agent and settings (the CLI refuses changed ones)
+            not shaped or self.train.resume is not None or AGENTS[self.train.agent].self_align,
+            f"{' and '.join(shaped)} {'apply' if len(shaped) > 1 else 'applies'} to the ERM-labelled pairs of a self-aligning "
+            f"agent ({aligning}); agent {self.train.agent} learns from none",
+        )
 
     @property
     def folder(self) -> str:

@@ -201,7 +201,10 @@ class PreallocatedLayer(DynamicLayer):
         if not self.is_initialized:  # after reset(): start as a DynamicLayer, take room at the next token
             return super().update(key_states, value_states)
         n, new = self.keys.shape[-2], key_states.shape[-2]
-        if self.keys.data_ptr() != self._keys.data_ptr() or n + new > self._keys.shape[-2]:
+        views_buffer = (self.keys.data_ptr(), self.keys.stride(), self.keys.shape[:-2]) == (
+            self._keys.data_ptr(), self._keys.stride(), self._keys.shape[:-2]
+        )
+        if not views_buffer or n + new > self._keys.shape[-2]:
             # out of room, or the rows were reordered, selected or moved: new buffers around them
             self.room = max(self.room, new)
             self._keys, self._values = self._with_room(self.keys), self._with_room(self.values)

@@ -81,6 +81,7 @@ def test_preallocated_cache_layer_holds_what_a_dynamic_layer_holds():
         lambda layer: None,
         lambda layer: None,  # the third token is past the room of 2
         lambda layer: layer.batch_select_indices(torch.tensor([2, 0, 1, 3])),
+        lambda layer: layer.batch_select_indices(slice(0, 3)),  # a view that starts where the buffer does
         lambda layer: layer.crop(-2),
         lambda layer: layer.reset(),
         lambda layer: None,
@@ -88,8 +89,22 @@ def test_preallocated_cache_layer_holds_what_a_dynamic_layer_holds():
     for i, before in enumerate(steps):
         for layer in (grown, plain):
             before(layer)
-        new = kv(4, 2 if i == 5 else 1)  # after the reset, two tokens at once
+        rows = grown.keys.shape[0] if grown.is_initialized else 3
+        new = kv(rows, 2 if i == 6 else 1)  # after the reset, two tokens at once
         out, ref = grown.update(*new), plain.update(*new)
         assert all(torch.equal(a, b) for a, b in zip(out, ref)), f"step {i}"
         assert grown.get_seq_length() == plain.get_seq_length()
     assert grown.get_seq_length() == 3  # the reset emptied both: two tokens, then one
+
+
+def test_sampling_with_candidates_appends_into_preallocated_room(task):
+    """The speed-up is there: a decoder's shared prompt cache gets PreallocatedLayers with room for
+    every new token (if transformers changed its layers, this would fail rather than slow down)."""
+    from sealign.policy import PreallocatedLayer, shared_prompt_inputs
+
+    tokenizer = task.build_tokenizer()
+    model = build_policy(TINY, tokenizer).eval()
+    enc = tokenizer([r.prompt for r in task.records("holdout")[:2]], return_tensors="pt", padding=True)
+    cache = next(v for k, v in shared_prompt_inputs(model, dict(enc), 3, room=5).items() if k in ("cache", "past_key_values"))
+    assert cache.layers and all(type(layer) is PreallocatedLayer for layer in cache.layers)
+    assert all(layer.keys.shape[0] == 6 and layer._keys.shape[-2] == enc["input_ids"].shape[1] - 1 + 5 for layer in cache.layers)

@@ -132,8 +132,8 @@ def test_training_oracle_pm_labels_by_the_prior_and_evaluation_stays_the_oracles
     "argv, fragment",
     [
         (["--agent", "sea", "--erm-gate", "0.5"], "--erm-gate must be in (0.5, 1]"),
-        (["--agent", "online", "--erm-soft-labels"], "--erm-soft-labels sets the epistemic reward model, which agent online does not have"),
-        (["--agent", "apl", "--erm-heads", "5", "--erm-layer", "0"], "--erm-heads and --erm-layer set the epistemic reward model, which agent apl does not have (agents with one: sea-noalign, sea, "),
+        (["--agent", "online", "--erm-soft-labels"], "--erm-soft-labels configures the epistemic reward model, which agent online does not have: drop it"),
+        (["--agent", "apl", "--erm-heads", "5", "--erm-layer", "0"], "--erm-heads and --erm-layer configure the epistemic reward model, which agent apl does not have: drop them, or use an agent with one (sea-noalign, sea, "),
         (["--agent", "sea-noalign", "--erm-gate", "1.0", "--erm-soft-labels"], "apply to the ERM-labelled pairs of a self-aligning agent (sea, sea-bon); agent sea-noalign learns from none"),
         (["--agent", "sea", "--erm-backbone", "pm", "--erm-logprobs"], "the preference model is a reward model"),
         (["--train-oracle", "oracle-of-delphi"], "unknown --train-oracle 'oracle-of-delphi'"),

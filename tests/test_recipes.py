@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from sealign.cli import COMMANDS, _Parser, config_args, main
+from sealign.cli import COMMANDS, _Parser, config_args, main, refuse_unused_erm_flags
+from sealign.config import RunConfig
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
 POLICY_RECIPES = [p for p in RECIPES if p.name.startswith("tldr-pythia-")]
@@ -69,3 +70,26 @@ def test_command_line_overrides_the_recipe_and_bad_recipes_are_one_line(tmp_path
     recipe.write_text("budget: 64\nchat_template: true\n")
     cfg = parse("train", recipe, "--out", "-", "--budget", "32")
     assert cfg["budget"] == 32 and cfg["chat_template"] is True
+
+
+@pytest.mark.parametrize("path", POLICY_RECIPES, ids=lambda p: p.stem)
+def test_the_other_arms_run_from_a_recipe_and_typed_erm_flags_for_them_are_refused(path, tmp_path, capsys):
+    """A recipe describes SEA's ERM; `--agent online|offline|apl|xpo` on the command line runs the
+    baselines from it as its header says. An --erm-* flag typed for such an agent would be ignored:
+    refused in one line."""
+    parser = _Parser(COMMANDS["train"][1])
+    for agent in ("online", "offline", "apl", "xpo"):
+        typed = ["--agent", agent, "--out", "-", *(["--num-candidates", "2"] if agent == "xpo" else [])]
+        task, policy, sft, oracle, erm, model, data, train, backend, pm, _ = parser.parse_args_into_dataclasses(
+            args=[*config_args(str(path), parser), *typed]
+        )
+        assert erm.erm_backbone is not None  # the recipe's, not used by this agent
+        refuse_unused_erm_flags(typed, train)
+        RunConfig(train, task, policy, sft, oracle, erm, model, data, pm, backend)  # validates
+    code = main(["train", "--config", str(path), "--agent", "online", "--erm-heads=5", "--erm_layer", "0", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [
+        "sealign: error: --erm-heads and --erm-layer configure the epistemic reward model, which agent online does not "
+        "have: drop them, or use an agent with one (sea-noalign, sea, bon-passive, bon-active, sea-bon, erm-bon)"
+    ]
+    assert not (tmp_path / "r").exists()
