@@ -31,6 +31,18 @@ from sealign.erm import anchor_penalty, bradley_terry_nll, ensemble_rewards, ini
 from sealign.policy import encode_pairs, load_policy, token_logprobs
 
 
+def left_aligned(x: torch.Tensor, mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked (response) tokens of `x` (B, T, d), in order, moved to the left and cut or
+    zero-padded to `width`, with their mask: (B, width, d), (B, width)."""
+    order = torch.argsort((~mask).int(), dim=1, stable=True)[:, :width]  # response positions first
+    x = torch.gather(x, 1, order[..., None].expand(-1, -1, x.shape[-1]))
+    m = torch.gather(mask, 1, order)
+    x = x * m[..., None]
+    if pad := width - x.shape[1]:
+        x, m = torch.cat([x, x.new_zeros(len(x), pad, x.shape[2])], 1), torch.cat([m, m.new_zeros(len(m), pad)], 1)
+    return x, m
+
+
 @torch.no_grad()
 def token_features(lm, tokenizer, prompts: list[str], responses: list[str], width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per response token (its <eos> included), pi_ref's input embedding and log-prob side by side,
@@ -40,11 +52,10 @@ def token_features(lm, tokenizer, prompts: list[str], responses: list[str], widt
         batch = encode_pairs(tokenizer, prompts[start : start + 256], responses[start : start + 256])
         res = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
         logp = F.pad(token_logprobs(res.logits[:, :-1], batch["input_ids"][:, 1:]), (1, 0))  # (B, T)
-        mask = batch["response_mask"]
-        order = torch.argsort((~mask).int(), dim=1, stable=True)[:, :width]  # response positions first
         both = torch.cat([res.hidden_states[0].float(), logp[..., None]], -1)  # (B, T, d + 1)
-        feats.append(torch.gather(both, 1, order[..., None].expand(-1, -1, both.shape[-1])))
-        masks.append(torch.gather(mask, 1, order))
+        x, m = left_aligned(both, batch["response_mask"], width)
+        feats.append(x)
+        masks.append(m)
     return torch.cat(feats), torch.cat(masks)
 
 

@@ -24,7 +24,8 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from erm_token_heads import left_aligned
+from erm_token_heads import rewards as token_rewards  # per-token MLP scores, summed
 from transformers.utils import logging as hf_logging
 
 from sealign import erm as erm_mod
@@ -36,8 +37,8 @@ DEFAULT_FLAGS = ["--agent", "sea", "--loss", "dpo", "--budget", "5000", "--eval-
 
 
 def per_token(tokens: int):
-    """The patched Backbone.features, init_heads and ensemble_rewards for responses of ≤ `tokens` tokens."""
-    pooled_init, pooled_heads, pooled_rewards = erm_mod.Backbone.__init__, erm_mod.init_heads, erm_mod.ensemble_rewards
+    """Patch Backbone.features, init_heads and ensemble_rewards for responses of ≤ `tokens` tokens."""
+    pooled_init, pooled_heads = erm_mod.Backbone.__init__, erm_mod.init_heads
 
     def init(self, *args, **kwargs):
         pooled_init(self, *args, **kwargs)
@@ -49,28 +50,19 @@ def per_token(tokens: int):
         out = []
         for start in range(0, len(prompts), self.batch_size):
             hidden, logp, mask = read(prompts[start : start + self.batch_size], responses[start : start + self.batch_size])
-            x = hidden.float() if logp is None else torch.cat([hidden.float(), logp[..., None].float()], -1)  # (b, T', d)
-            order = torch.argsort((~mask).int(), dim=1, stable=True)  # response tokens first, in order
-            x = torch.gather(x, 1, order[..., None].expand(-1, -1, x.shape[-1]))
-            m = torch.gather(mask, 1, order)
-            if m.sum(1).max() > tokens:
+            if mask.sum(1).max() > tokens:
                 raise ValueError(f"a response of more than {tokens} tokens")
-            x, m = x[:, :tokens], m[:, :tokens]
-            x = F.pad(torch.cat([x * m[..., None], m[..., None].float()], -1), (0, 0, 0, tokens - x.shape[1]))  # (b, T, d + 1)
-            out.append(x.flatten(1).cpu())
+            x = hidden.float() if logp is None else torch.cat([hidden.float(), logp[..., None].float()], -1)  # (b, T', d)
+            x, m = left_aligned(x, mask, tokens)
+            out.append(torch.cat([x, m[..., None].float()], -1).flatten(1).cpu())  # (b, T * (d + 1))
         return torch.cat(out)
 
     def init_heads(num_heads, width, hidden, generator):
         return pooled_heads(num_heads, width // tokens - 1, hidden, generator)  # one token's features in
 
     def ensemble_rewards(params, features):
-        d = params["w1"].shape[1]
-        x = features.reshape(*features.shape[:-1], tokens, d + 1)
-        mask, x = x[..., -1], x[..., :-1]
-        k = params["w1"].shape[0]
-        flat = x.reshape(-1, d) if features.dim() == 2 else x.reshape(k, -1, d)
-        r = pooled_rewards(params, flat).reshape(k, x.shape[-3], tokens)  # (K, N, T)
-        return (r * mask).sum(-1)  # (K, N): Σ_t g_k(token t)
+        x = features.reshape(*features.shape[:-1], tokens, -1)
+        return token_rewards(params, x[..., :-1], x[..., -1])  # (K, N): Σ_t g_k(token t)
 
     erm_mod.Backbone.__init__ = init
     erm_mod.Backbone.features = features
