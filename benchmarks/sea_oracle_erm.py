@@ -12,6 +12,12 @@ This is an analysis, not an agent: it lets the *agent* see the oracle's reward, 
 run may do. If SEA with a good ERM beats online DPO clearly while the real SEA does not, the
 selection and mixing machinery works and the loss lies in the ERM's accuracy; if even this
 ERM falls short of a target, better features cannot reach it.
+
+With `--noise 0` every head is r*, which bounds what a choice of the oracle's duels can give:
+`--explore ee_ts` (or `bai_ts`) then asks about r*'s best two candidates (the clash rule), the
+limit of E&E and BAI with a perfect ERM; `--explore ee_ts --clash random` about r*'s best against
+a uniformly drawn other candidate; `--explore best_worst_ts` about its best against its worst.
+Run with `--agent sea-noalign` to see the choice of duels alone, without self-labelled pairs.
 """
 
 from __future__ import annotations

@@ -405,6 +405,13 @@ class ERMConfig:
             "best vs worst candidate of a prompt the oracle is not asked about)"
         ),
     )
+    erm_anchor: bool = field(
+        default=False,
+        metadata=_help(
+            "beyond the paper: each ERM-labelled pair is the oracle's winner of a duel against the ensemble-mean worst other "
+            "candidate of the same prompt, instead of a sampled head's best vs worst of a prompt the oracle is not asked about"
+        ),
+    )
     erm_soft_labels: bool = field(
         default=False,
         metadata=_help(
@@ -417,6 +424,7 @@ class ERMConfig:
         if self.erm_backbone not in ("pi_ref", "pm"):
             _check_source("--erm-backbone", self.erm_backbone)
         _require(self.erm_gate is None or 0.5 < self.erm_gate <= 1.0, f"--erm-gate must be in (0.5, 1], got {self.erm_gate}")
+        _require(not (self.erm_anchor and self.erm_gate is not None), "--erm-anchor and --erm-gate choose the ERM's pairs two ways: drop one")
         _require(self.erm_heads >= 2, f"--erm-heads must be at least 2 (an ensemble), got {self.erm_heads}")
         _require(self.erm_hidden > 0, f"--erm-hidden must be positive, got {self.erm_hidden}")
         _require(self.erm_lambda >= 0, f"--erm-lambda must be >= 0, got {self.erm_lambda}")
@@ -442,7 +450,15 @@ class TrainConfig:
         metadata=_help("agent recipe: online, offline, sea-noalign, sea, bon-passive, bon-active, sea-bon, erm-bon (Table 1), apl, xpo"),
     )
     explore: Optional[str] = field(
-        default=None, metadata=_help("duel selection rule: passive, ee_ts, bai_ts, uncertainty; default: the agent's")
+        default=None, metadata=_help("duel selection rule: passive, ee_ts, bai_ts, best_worst_ts, uncertainty; default: the agent's")
+    )
+    clash: str = field(
+        default="mean",
+        metadata=_help(
+            "a duel's second response where the rule cannot make it differ from the first (every sampled head agrees): "
+            "mean: the ERM's mean-best other candidate; random: a uniformly drawn other one (the paper's code)",
+            choices=["mean", "random"],
+        ),
     )
     loss: str = field(default="dpo", metadata=_help("direct optimizer F of Eq. 8: dpo, ipo, slic, simpo"))
     beta: Optional[float] = field(
@@ -513,6 +529,11 @@ class TrainConfig:
         _require(
             self.explore in ("passive", agent.explore) or agent.learn_erm,
             f"--explore {self.explore} needs a reward model; agent {self.agent} has none (try --agent sea)",
+        )
+        _require(self.clash in ("mean", "random"), f"unknown --clash {self.clash!r} (known: mean, random)")
+        _require(
+            self.clash == "mean" or self.explore not in ("passive", "xpo", "apl"),
+            f"--clash random: --explore {self.explore} never clashes; drop it",
         )
         if self.num_candidates is None:
             self.num_candidates = agent.default_candidates
@@ -679,7 +700,15 @@ class RunConfig:
         )
         from sealign.agents import AGENTS
 
-        shaped = [flag for flag, on in (("--erm-gate", self.erm.erm_gate is not None), ("--erm-soft-labels", self.erm.erm_soft_labels)) if on]
+        shaped = [
+            flag
+            for flag, on in (
+                ("--erm-gate", self.erm.erm_gate is not None),
+                ("--erm-anchor", self.erm.erm_anchor),
+                ("--erm-soft-labels", self.erm.erm_soft_labels),
+            )
+            if on
+        ]
         aligning = ", ".join(name for name, agent in AGENTS.items() if agent.self_align)
         _require(  # a resumed run keeps its saved agent and settings (the CLI refuses changed ones)
             not shaped or self.train.resume is not None or AGENTS[self.train.agent].self_align,

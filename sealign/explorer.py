@@ -8,6 +8,7 @@ self-alignment, and a scorer for best-of-N inference.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -54,8 +55,11 @@ class Explorer:
         beta: float = 0.1,
         entropy: str = "sequence",
         device: str = "cpu",
+        random_clash: bool = False,
     ):
         self.rule = None if rule == "apl" else SELECTORS[rule]
+        if random_clash:
+            self.rule = functools.partial(self.rule, random_clash=True)
         self.policy_logprobs, self.beta, self.per_token = policy_logprobs, beta, entropy == "token"
         self.generator = torch.Generator().manual_seed(seed)
         self.backbone: Optional[Backbone] = None
@@ -135,6 +139,28 @@ class Explorer:
                 confidence=soft,
             ),
             prompts,
+        )
+
+    def anchored_pairs(self, sel: Selection, rows: list[int], first_wins: Tensor, wanted: int) -> Preferences:
+        """B_ERM anchored on the oracle (beyond the paper): for the duels of prompts `rows`, labelled
+        `first_wins`, the oracle's winner against the ensemble-mean worst candidate of the same
+        prompt other than the duel's two; at most `wanted`, in order, none where no third distinct
+        candidate exists. Why: a DAP step learns most from the best candidate against a clearly
+        worse one (benchmarks/sea_oracle_erm.py --noise 0); the oracle finds the better of the ERM's
+        top two, and the ERM is surest about which candidate is worst."""
+        idx = torch.tensor(rows, dtype=torch.long)
+        first, second = sel.choice.first[idx], sel.choice.second[idx]
+        winner = torch.where(first_wins, first, second)
+        others = sel.mask[idx].clone()
+        at = torch.arange(len(rows))
+        others[at, first], others[at, second] = False, False
+        worst = sel.rewards[:, idx].mean(0).masked_fill(~others, float("inf")).argmin(1)  # (n,)
+        keep = others.any(1).nonzero().squeeze(1)[:wanted].tolist()
+        prompts = [rows[i] for i in keep]
+        return Preferences(
+            prompts=[sel.candidates.prompts[r] for r in prompts],
+            chosen=[sel.candidates.responses[r][c] for r, c in zip(prompts, winner[keep].tolist())],
+            rejected=[sel.candidates.responses[r][c] for r, c in zip(prompts, worst[keep].tolist())],
         )
 
     # -- learning -------------------------------------------------------------------------------

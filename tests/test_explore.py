@@ -11,6 +11,7 @@ from sealign.explore import (
     RULES,
     apl_select,
     bai_ts,
+    best_worst_ts,
     ee_ts,
     ensemble_preference,
     erm_labelled_pairs,
@@ -47,6 +48,19 @@ def test_all_rules_agree_when_every_head_agrees_on_one_clear_best():
     assert choice.clashed.item()  # all heads agreed on the argmax: a clash, resolved by the mean
 
 
+def test_random_clash_draws_a_uniform_other_candidate():
+    # every head agrees on candidate 2: by default the clash asks about the mean's second best
+    # (0); with random_clash any other allowed candidate, uniformly, never the first or a repeat
+    rewards = torch.tensor([[[1.0, 0.0, 3.0, -1.0, 0.5]]]).repeat(5, 400, 1)  # (K=5, P=400, M=5)
+    mask = torch.tensor([[True, True, True, True, False]]).expand(400, -1)
+    for rule in (ee_ts, bai_ts):
+        assert rule(rewards, gen(), mask).second.tolist() == [0] * 400
+        c = rule(rewards, gen(), mask, random_clash=True)
+        assert (c.first == 2).all() and c.clashed.all()
+        share = torch.bincount(c.second, minlength=5).double() / 400
+        assert share[2] == 0 and share[4] == 0 and ((share[[0, 1, 3]] - 1 / 3).abs() < 0.08).all()
+
+
 def test_ee_ts_second_is_argmax_of_another_head():
     # head 0 prefers candidate 0, head 1 prefers candidate 1: the two picks are those argmaxes
     rewards = torch.tensor([[[2.0, 1.0, 0.0]], [[1.0, 2.0, 0.0]]])  # (K=2, P=1, M=3)
@@ -56,6 +70,28 @@ def test_ee_ts_second_is_argmax_of_another_head():
         assert {c.first.item(), c.second.item()} == {0, 1} and not c.clashed.item()
         seen.add(c.first.item())
     assert seen == {0, 1}  # the first pick follows the sampled head
+
+
+def test_best_worst_ts_asks_about_one_sampled_heads_best_against_its_worst():
+    # head 0 ranks 0 > 1 > 2 > 3, head 1 ranks 3 > 2 > 1 > 0: the duel is (0, 3) or (3, 0), and
+    # it follows the sampled head, never mixing the two heads' ends
+    rewards = torch.tensor([[[3.0, 2.0, 1.0, 0.0]], [[0.0, 1.0, 2.0, 3.0]]])  # (K=2, P=1, M=4)
+    seen = set()
+    for seed in range(20):
+        c = best_worst_ts(rewards, gen(seed))
+        seen.add((c.first.item(), c.second.item()))
+        assert not c.clashed.item()
+    assert seen == {(0, 3), (3, 0)}
+    # a repeated candidate is never picked: with candidate 3 masked out, head 0's worst is 2
+    mask = torch.tensor([[True, True, True, False]])
+    c = best_worst_ts(rewards[:1], gen(), mask)
+    assert (c.first.item(), c.second.item()) == (0, 2)
+
+
+def test_best_worst_ts_without_a_second_distinct_candidate_is_a_clash():
+    rewards = torch.tensor([[[1.0, 5.0, -2.0]]]).repeat(3, 1, 1)
+    c = best_worst_ts(rewards, gen(), torch.tensor([[True, False, False]]))
+    assert c.first.item() == c.second.item() == 0 and c.clashed.item()
 
 
 def test_preference_variance_by_hand():

@@ -181,6 +181,8 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, agent):
         ([], "exactly one of --out"),
         (["--explore", "greedy"], "unknown --explore 'greedy'"),
         (["--explore", "ee_ts"], "needs a reward model"),
+        (["--clash", "random"], "--explore passive never clashes"),
+        (["--agent", "sea", "--clash", "first"], "invalid choice: 'first'"),
         (["--eval-bon", "4"], "--eval-bon needs a reward model"),
         (["--agent", "erm-bon", "--eval-bon", "1"], "infers by best-of-N"),
         (["--agent", "sea", "--gamma", "0"], "--gamma must be in (0, 1]"),

@@ -108,6 +108,49 @@ def test_gated_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp_pa
     assert len(state["explorer"]["erm"]["chosen"]) == 64  # the ERM's own data: oracle labels only
 
 
+def test_anchored_pairs_put_the_oracles_winner_against_the_erms_worst_other_candidate():
+    from sealign.explore import DuelChoice
+    from sealign.explorer import Explorer, Selection
+    from sealign.records import Candidates, Duels
+
+    cands = Candidates(["x0", "x1", "x2"], [["a", "b", "c", "d"], ["e", "f", "g", "h"], ["i", "j", "i", "j"]])
+    # two heads; their mean: x0 -> d worst, x1 -> e worst (c, b only look worse to one head)
+    rewards = torch.tensor(
+        [[[3.0, 2.0, -4.0, -1.0], [-5.0, 2.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]],
+         [[3.0, -6.0, 4.0, -1.0], [-1.0, 2.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]]]
+    )  # (K=2, P=3, M=4)
+    choice = DuelChoice(torch.tensor([0, 1, 0]), torch.tensor([1, 2, 1]), torch.zeros(3, dtype=torch.bool))
+    sel = Selection(cands, choice, Duels.pick(cands, choice.first, choice.second), cands.first_occurrences(), rewards, None, [0, 1, 2])
+    explorer = Explorer("ee_ts", 0)
+    pairs = explorer.anchored_pairs(sel, [0, 1, 2], torch.tensor([True, False, True]), wanted=5)
+    # x0: the oracle prefers a; of c and d the mean puts d lowest. x1: the oracle prefers g (the
+    # second); e is the mean's worst. x2 has no third distinct candidate: no pair
+    assert (pairs.prompts, pairs.chosen, pairs.rejected) == (["x0", "x1"], ["a", "g"], ["d", "e"])
+    assert len(explorer.anchored_pairs(sel, [0, 1, 2], torch.tensor([True, False, True]), wanted=1)) == 1
+
+
+def test_anchored_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp_path, task_cfg, monkeypatch):
+    from sealign import learner as learner_mod
+    from sealign.oracles import RewardOracle
+
+    batches, asked = [], []
+    real_step, real_label = learner_mod.Learner.step, RewardOracle.label
+    monkeypatch.setattr(learner_mod.Learner, "step", lambda self, b, r=None: (batches.append(b), real_step(self, b, r))[1])
+    monkeypatch.setattr(RewardOracle, "label", lambda self, x, a, b: (asked.extend(zip(x, a, b)), real_label(self, x, a, b))[1])
+    cfg = TrainConfig(agent="sea", num_candidates=6, burn_in=0, gamma=0.5, batch_size=16, budget=48, eval_every=48, out=str(tmp_path / "r"))
+    summary = train(small_run(cfg, task_cfg, erm=ERMConfig(erm_heads=4, erm_hidden=16, erm_anchor=True)))
+    rows = [json.loads(x) for x in (tmp_path / "r" / "queries.jsonl").read_text().splitlines()]
+    assert summary["queries"] == len(rows) == len(asked) == 48
+    winner = {r["prompt"]: (r["first"] if r["first_wins"] else r["second"], {r["first"], r["second"]}) for r in rows}
+    oracle_pairs = {(r["prompt"], *((r["first"], r["second"]) if r["first_wins"] else (r["second"], r["first"]))) for r in rows}
+    erm_pairs = [(x, c, r) for b in batches for x, c, r in zip(b.prompts, b.chosen, b.rejected) if (x, c, r) not in oracle_pairs]
+    assert erm_pairs and sum(len(b) for b in batches) == 48 + len(erm_pairs)
+    for x, chosen, rejected in erm_pairs:  # an oracle prompt's winner against a third candidate
+        assert chosen == winner[x][0] and rejected not in winner[x][1]
+    state = read_checkpoint(tmp_path / "r" / "checkpoints" / "last")
+    assert len(state["explorer"]["erm"]["chosen"]) == 48  # the ERM's own data: oracle labels only
+
+
 def test_training_oracle_pm_labels_by_the_prior_and_evaluation_stays_the_oracles(tmp_path, task_cfg):
     cfg = TrainConfig(budget=32, batch_size=16, eval_every=32, out=str(tmp_path / "r"))
     train(small_run(cfg, task_cfg, oracle=OracleConfig(train_oracle="pm")))
@@ -135,6 +178,8 @@ def test_training_oracle_pm_labels_by_the_prior_and_evaluation_stays_the_oracles
         (["--agent", "online", "--erm-soft-labels"], "--erm-soft-labels configures the epistemic reward model, which agent online does not have: drop it"),
         (["--agent", "apl", "--erm-heads", "5", "--erm-layer", "0"], "--erm-heads and --erm-layer configure the epistemic reward model, which agent apl does not have: drop them, or use an agent with one (sea-noalign, sea, "),
         (["--agent", "sea-noalign", "--erm-gate", "1.0", "--erm-soft-labels"], "apply to the ERM-labelled pairs of a self-aligning agent (sea, sea-bon); agent sea-noalign learns from none"),
+        (["--agent", "sea", "--erm-gate", "1.0", "--erm-anchor"], "--erm-anchor and --erm-gate choose the ERM's pairs two ways: drop one"),
+        (["--agent", "sea-noalign", "--erm-anchor"], "--erm-anchor applies to the ERM-labelled pairs of a self-aligning agent"),
         (["--agent", "sea", "--erm-backbone", "pm", "--erm-logprobs"], "the preference model is a reward model"),
         (["--train-oracle", "oracle-of-delphi"], "unknown --train-oracle 'oracle-of-delphi'"),
         (["--pm-steps", "0"], "--pm-steps must be positive"),

@@ -90,9 +90,10 @@ def collect(s: Session, target: int, erm_wanted: int) -> Preferences:
     online batch never holds stale labels; a batch that comes up short (identical duels, a
     judge's unparseable answer) is topped up with only as many prompts as pairs are missing."""
     state, erm_batch = s.state, Preferences([], [], [])
-    while state.collected < target or (len(erm_batch) < erm_wanted and not s.gated):
+    own_prompts = s.gated or s.anchored  # B_ERM from the oracle's own prompts: none sampled for it alone
+    while state.collected < target or (len(erm_batch) < erm_wanted and not own_prompts):
         if not s.queue:
-            submit(s, target - state.collected + (0 if s.gated else erm_wanted - len(erm_batch)))
+            submit(s, target - state.collected + (0 if own_prompts else erm_wanted - len(erm_batch)))
         records, pending = s.queue.popleft()
         with state.timer("generate"):  # with --async, only the wait for the actors
             candidates = pending.result()
@@ -112,7 +113,12 @@ def collect(s: Session, target: int, erm_wanted: int) -> Preferences:
         with state.timer("select"):
             figures = s.explorer.observe(sel, kept, answered.first_wins) if kept else {}
             pairs = None
-            if rows and erm_wanted > len(erm_batch):
+            if s.anchored:
+                rows = []
+                if kept and erm_wanted > len(erm_batch):
+                    pairs = s.explorer.anchored_pairs(sel, kept, answered.first_wins, erm_wanted - len(erm_batch))
+                    erm_batch = erm_batch + pairs
+            elif rows and erm_wanted > len(erm_batch):
                 pairs, rows = s.explorer.erm_labelled(sel, rows, erm_wanted - len(erm_batch))
                 erm_batch = erm_batch + pairs
             else:

@@ -77,6 +77,11 @@ class Session:
         """B_ERM comes from the oracle's own prompts, as many as the ensemble agrees on (--erm-gate)."""
         return self.agent.self_align and self.run.erm.erm_gate is not None
 
+    @property
+    def anchored(self) -> bool:
+        """B_ERM pairs the oracle's winners with the ERM's worst candidates of the same prompts (--erm-anchor)."""
+        return self.agent.self_align and self.run.erm.erm_anchor
+
     def restarts(self) -> int:
         return self.restarts_before + self.actors.restarts + getattr(self.oracle, "restarts", 0)
 
@@ -148,6 +153,7 @@ def build_session(
         beta=cfg.beta,
         entropy=cfg.apl_entropy,
         device=run.model.device,
+        random_clash=cfg.clash == "random",
     )
     if saved is None:  # everything that can fail on bad input has been built: now the run exists
         folder.create({**run.to_dict(), **frozen})
