@@ -85,7 +85,9 @@ def test_gate_orders_pairs_by_round():
     assert head_agreement(rewards, torch.tensor([2, 0])).tolist() == [[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]]
 
 
-def test_gated_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp_path, task_cfg, monkeypatch):
+def watch_learner_and_oracle(monkeypatch) -> tuple[list, list]:
+    """Lists that fill, as a run goes, with every policy batch the learner steps on and every
+    (prompt, first, second) the oracle is asked about."""
     from sealign import learner as learner_mod
     from sealign.oracles import RewardOracle
 
@@ -93,6 +95,11 @@ def test_gated_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp_pa
     real_step, real_label = learner_mod.Learner.step, RewardOracle.label
     monkeypatch.setattr(learner_mod.Learner, "step", lambda self, b, r=None: (batches.append(b), real_step(self, b, r))[1])
     monkeypatch.setattr(RewardOracle, "label", lambda self, x, a, b: (asked.extend(zip(x, a, b)), real_label(self, x, a, b))[1])
+    return batches, asked
+
+
+def test_gated_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp_path, task_cfg, monkeypatch):
+    batches, asked = watch_learner_and_oracle(monkeypatch)
     cfg = TrainConfig(agent="sea", num_candidates=6, burn_in=0, gamma=0.25, batch_size=32, budget=64, eval_every=64, out=str(tmp_path / "r"))
     erm = ERMConfig(erm_heads=4, erm_hidden=16, erm_gate=1.0, erm_backbone="pm", erm_soft_labels=True)
     summary = train(small_run(cfg, task_cfg, erm=erm))
@@ -130,13 +137,7 @@ def test_anchored_pairs_put_the_oracles_winner_against_the_erms_worst_other_cand
 
 
 def test_anchored_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp_path, task_cfg, monkeypatch):
-    from sealign import learner as learner_mod
-    from sealign.oracles import RewardOracle
-
-    batches, asked = [], []
-    real_step, real_label = learner_mod.Learner.step, RewardOracle.label
-    monkeypatch.setattr(learner_mod.Learner, "step", lambda self, b, r=None: (batches.append(b), real_step(self, b, r))[1])
-    monkeypatch.setattr(RewardOracle, "label", lambda self, x, a, b: (asked.extend(zip(x, a, b)), real_label(self, x, a, b))[1])
+    batches, asked = watch_learner_and_oracle(monkeypatch)
     cfg = TrainConfig(agent="sea", num_candidates=6, burn_in=0, gamma=0.5, batch_size=16, budget=48, eval_every=48, out=str(tmp_path / "r"))
     summary = train(small_run(cfg, task_cfg, erm=ERMConfig(erm_heads=4, erm_hidden=16, erm_anchor=True)))
     rows = [json.loads(x) for x in (tmp_path / "r" / "queries.jsonl").read_text().splitlines()]
