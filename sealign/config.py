@@ -425,6 +425,10 @@ class ERMConfig:
             _check_source("--erm-backbone", self.erm_backbone)
         _require(self.erm_gate is None or 0.5 < self.erm_gate <= 1.0, f"--erm-gate must be in (0.5, 1], got {self.erm_gate}")
         _require(not (self.erm_anchor and self.erm_gate is not None), "--erm-anchor and --erm-gate choose the ERM's pairs two ways: drop one")
+        _require(
+            not (self.erm_anchor and self.erm_soft_labels),
+            "--erm-soft-labels weighs a sampled head's own pairs; --erm-anchor's pairs carry the oracle's winner: drop one",
+        )
         _require(self.erm_heads >= 2, f"--erm-heads must be at least 2 (an ensemble), got {self.erm_heads}")
         _require(self.erm_hidden > 0, f"--erm-hidden must be positive, got {self.erm_hidden}")
         _require(self.erm_lambda >= 0, f"--erm-lambda must be >= 0, got {self.erm_lambda}")
@@ -455,7 +459,7 @@ class TrainConfig:
     clash: str = field(
         default="mean",
         metadata=_help(
-            "a duel's second response where the rule cannot make it differ from the first (every sampled head agrees): "
+            "a duel's second response where the rule's own second pick cannot differ from the first (a clash): "
             "mean: the ERM's mean-best other candidate; random: a uniformly drawn other one (the paper's code)",
             choices=["mean", "random"],
         ),
@@ -515,7 +519,7 @@ class TrainConfig:
         from sealign.agents import AGENTS
         from sealign.losses import resolve_beta
 
-        from sealign.explore import RULES
+        from sealign.explore import CLASH_RULES, RULES
 
         _require(self.agent in AGENTS, f"unknown agent {self.agent!r} (known: {', '.join(AGENTS)})")
         agent = AGENTS[self.agent]
@@ -532,8 +536,8 @@ class TrainConfig:
         )
         _require(self.clash in ("mean", "random"), f"unknown --clash {self.clash!r} (known: mean, random)")
         _require(
-            self.clash == "mean" or self.explore not in ("passive", "xpo", "apl"),
-            f"--clash random: --explore {self.explore} never clashes; drop it",
+            self.clash == "mean" or self.explore in CLASH_RULES,
+            f"--clash random: rule {self.explore} has no clash rule; drop --clash, or use an --explore with one ({', '.join(CLASH_RULES)})",
         )
         if self.num_candidates is None:
             self.num_candidates = agent.default_candidates
@@ -710,6 +714,10 @@ class RunConfig:
             if on
         ]
         aligning = ", ".join(name for name, agent in AGENTS.items() if agent.self_align)
+        _require(  # one anchored pair per oracle duel at most: the ERM's share cannot exceed the oracle's
+            not self.erm.erm_anchor or self.train.gamma >= 0.5,
+            f"--erm-anchor gives at most one ERM-labelled pair per oracle duel: --gamma must be at least 0.5, got {self.train.gamma}",
+        )
         _require(  # a resumed run keeps its saved agent and settings (the CLI refuses changed ones)
             not shaped or self.train.resume is not None or AGENTS[self.train.agent].self_align,
             f"{' and '.join(shaped)} {'apply' if len(shaped) > 1 else 'applies'} to the ERM-labelled pairs of a self-aligning "

@@ -218,6 +218,7 @@ def best_worst_ts(rewards: Tensor, generator: torch.Generator, mask: Optional[Te
     return _resolve_clash(rewards, allowed, pair.first, pair.second, pair.clashed, generator if random_clash else None)
 
 
+CLASH_RULES = ("ee_ts", "bai_ts", "best_worst_ts", "uncertainty")  # rules whose second pick may fall to the clash rule
 RULES: dict[str, Rule] = {
     "passive": passive,
     "ee_ts": ee_ts,

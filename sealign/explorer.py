@@ -18,7 +18,8 @@ from torch import Tensor
 
 from sealign.config import ERMConfig
 from sealign.erm import Backbone, EpistemicRewardModel
-from sealign.explore import SELECTORS, DuelChoice, apl_select, ensemble_preference, erm_labelled_pairs, gated_erm_pairs
+from sealign.errors import SealignError
+from sealign.explore import CLASH_RULES, SELECTORS, DuelChoice, apl_select, ensemble_preference, erm_labelled_pairs, gated_erm_pairs
 from sealign.records import Candidates, Duels, Preferences
 
 
@@ -59,6 +60,8 @@ class Explorer:
     ):
         self.rule = None if rule == "apl" else SELECTORS[rule]
         if random_clash:
+            if rule not in CLASH_RULES:
+                raise SealignError(f"--clash random: rule {rule} has no clash rule (those with one: {', '.join(CLASH_RULES)})")
             self.rule = functools.partial(self.rule, random_clash=True)
         self.policy_logprobs, self.beta, self.per_token = policy_logprobs, beta, entropy == "token"
         self.generator = torch.Generator().manual_seed(seed)

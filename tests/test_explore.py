@@ -206,3 +206,11 @@ def test_apl_per_token_entropy_does_not_favour_long_answers():
     assert predictive_entropy(policy, lengths).tolist() == [2.0, 4.0]  # per token: the short one is
     rows, _ = apl_select(policy, torch.zeros_like(policy), 0.1, keep=1, lengths=lengths)
     assert rows.tolist() == [1]
+
+
+def test_random_clash_is_refused_for_a_rule_without_a_clash():
+    from sealign.errors import SealignError
+    from sealign.explorer import Explorer
+
+    with pytest.raises(SealignError, match="rule passive has no clash rule"):
+        Explorer("passive", 0, random_clash=True)

@@ -133,13 +133,17 @@ def _cli(*argv: str) -> list[str]:
     return [sys.executable, "-m", "sealign", "train", *SMALL, *argv]
 
 
-@pytest.mark.parametrize("agent", ["online", "sea"])
+@pytest.mark.parametrize("agent", ["online", "sea", "sea-contrast"])
 def test_kill_and_resume_equals_uninterrupted(tmp_path, agent):
     """A run killed with SIGKILL mid-way and resumed writes the same queries.jsonl as one that never stopped
-    (for SEA this covers the ERM's weights, optimizer, label buffer and generators too)."""
+    (for SEA this covers the ERM's weights, optimizer, label buffer and generators too; "sea-contrast"
+    adds the random clash rule and the anchored ERM pairs)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["--budget", "192", "--batch-size", "32", "--checkpoint-every", "64", "--eval-every", "64", "--deterministic", "--quiet"]
-    args += ["--agent", agent, "--num-candidates", "4", "--burn-in", "32", "--eval-bon", "2"] if agent == "sea" else []
+    if agent != "online":
+        args += ["--agent", "sea", "--num-candidates", "4", "--burn-in", "32", "--eval-bon", "2"]
+    if agent == "sea-contrast":
+        args += ["--explore", "ee_ts", "--clash", "random", "--erm-anchor", "--gamma", "0.5"]
     subprocess.run(_cli(*args, "--out", str(tmp_path / "whole")), env=env, check=True, capture_output=True)
 
     proc = subprocess.Popen(_cli(*args, "--out", str(tmp_path / "cut")), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -181,7 +185,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, agent):
         ([], "exactly one of --out"),
         (["--explore", "greedy"], "unknown --explore 'greedy'"),
         (["--explore", "ee_ts"], "needs a reward model"),
-        (["--clash", "random"], "--explore passive never clashes"),
+        (["--clash", "random"], "--clash random: rule passive has no clash rule"),
         (["--agent", "sea", "--clash", "first"], "invalid choice: 'first'"),
         (["--eval-bon", "4"], "--eval-bon needs a reward model"),
         (["--agent", "erm-bon", "--eval-bon", "1"], "infers by best-of-N"),

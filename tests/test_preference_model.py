@@ -129,11 +129,12 @@ def test_anchored_pairs_put_the_oracles_winner_against_the_erms_worst_other_cand
     choice = DuelChoice(torch.tensor([0, 1, 0]), torch.tensor([1, 2, 1]), torch.zeros(3, dtype=torch.bool))
     sel = Selection(cands, choice, Duels.pick(cands, choice.first, choice.second), cands.first_occurrences(), rewards, None, [0, 1, 2])
     explorer = Explorer("ee_ts", 0)
-    pairs = explorer.anchored_pairs(sel, [0, 1, 2], torch.tensor([True, False, True]), wanted=5)
-    # x0: the oracle prefers a; of c and d the mean puts d lowest. x1: the oracle prefers g (the
-    # second); e is the mean's worst. x2 has no third distinct candidate: no pair
-    assert (pairs.prompts, pairs.chosen, pairs.rejected) == (["x0", "x1"], ["a", "g"], ["d", "e"])
-    assert len(explorer.anchored_pairs(sel, [0, 1, 2], torch.tensor([True, False, True]), wanted=1)) == 1
+    # labels of the duels of prompts 2, 1, 0 in that order (the order the oracle was asked in)
+    pairs = explorer.anchored_pairs(sel, [2, 1, 0], torch.tensor([True, False, True]), wanted=5)
+    # x1: the oracle prefers g (the second); e is the mean's worst. x0: the oracle prefers a; of c
+    # and d the mean puts d lowest. x2 has no third distinct candidate: no pair
+    assert (pairs.prompts, pairs.chosen, pairs.rejected) == (["x1", "x0"], ["g", "a"], ["e", "d"])
+    assert explorer.anchored_pairs(sel, [2, 1, 0], torch.tensor([True, False, True]), wanted=1).prompts == ["x1"]
 
 
 def test_anchored_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp_path, task_cfg, monkeypatch):
@@ -142,6 +143,7 @@ def test_anchored_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp
     summary = train(small_run(cfg, task_cfg, erm=ERMConfig(erm_heads=4, erm_hidden=16, erm_anchor=True)))
     rows = [json.loads(x) for x in (tmp_path / "r" / "queries.jsonl").read_text().splitlines()]
     assert summary["queries"] == len(rows) == len(asked) == 48
+    assert len({r["prompt"] for r in rows}) == len(rows)  # each prompt asked once: it names its duel below
     winner = {r["prompt"]: (r["first"] if r["first_wins"] else r["second"], {r["first"], r["second"]}) for r in rows}
     oracle_pairs = {(r["prompt"], *((r["first"], r["second"]) if r["first_wins"] else (r["second"], r["first"]))) for r in rows}
     erm_pairs = [(x, c, r) for b in batches for x, c, r in zip(b.prompts, b.chosen, b.rejected) if (x, c, r) not in oracle_pairs]
@@ -181,6 +183,8 @@ def test_training_oracle_pm_labels_by_the_prior_and_evaluation_stays_the_oracles
         (["--agent", "sea-noalign", "--erm-gate", "1.0", "--erm-soft-labels"], "apply to the ERM-labelled pairs of a self-aligning agent (sea, sea-bon); agent sea-noalign learns from none"),
         (["--agent", "sea", "--erm-gate", "1.0", "--erm-anchor"], "--erm-anchor and --erm-gate choose the ERM's pairs two ways: drop one"),
         (["--agent", "sea-noalign", "--erm-anchor"], "--erm-anchor applies to the ERM-labelled pairs of a self-aligning agent"),
+        (["--agent", "sea", "--erm-anchor", "--erm-soft-labels"], "--erm-soft-labels weighs a sampled head's own pairs"),
+        (["--agent", "sea", "--erm-anchor", "--gamma", "0.3"], "--gamma must be at least 0.5, got 0.3"),
         (["--agent", "sea", "--erm-backbone", "pm", "--erm-logprobs"], "the preference model is a reward model"),
         (["--train-oracle", "oracle-of-delphi"], "unknown --train-oracle 'oracle-of-delphi'"),
         (["--pm-steps", "0"], "--pm-steps must be positive"),
