@@ -61,9 +61,14 @@ def main() -> None:
         return explorer_mod.Selection(candidates, choice, duels, mask, rewards, features, list(range(p)))
 
     explorer_mod.Explorer.select = select
+    train_and_report(cfg, f"SEA with an r* + N(0, {args.noise}^2) ERM ({' '.join(flags)})")
+
+
+def train_and_report(cfg, title: str) -> None:
+    """Run the (patched) loop and print its final win rate and every fourth evaluation."""
     summary = train(cfg)
-    rows = [json.loads(line) for line in (Path(args.out) / "metrics.jsonl").read_text().splitlines()]
-    print(f"SEA with an r* + N(0, {args.noise}^2) ERM ({' '.join(flags)}): final win rate {summary['final_win_rate']:.3f}")
+    rows = [json.loads(line) for line in (Path(cfg.folder) / "metrics.jsonl").read_text().splitlines()]
+    print(f"{title}: final win rate {summary['final_win_rate']:.3f}")
     print("| queries | " + " | ".join(str(r["queries"]) for r in rows[::4]) + " |")
     print("| win rate | " + " | ".join(f"{r['win_rate']:.3f}" for r in rows[::4]) + " |")
 

@@ -20,17 +20,15 @@ back per token.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
 from erm_token_heads import left_aligned
 from erm_token_heads import rewards as token_rewards  # per-token MLP scores, summed
+from sea_oracle_erm import train_and_report
 from transformers.utils import logging as hf_logging
 
 from sealign import erm as erm_mod
 from sealign.cli import run_config
-from sealign.loop import train
 from sealign.tasks import make_task
 
 DEFAULT_FLAGS = ["--agent", "sea", "--loss", "dpo", "--budget", "5000", "--eval-every", "250", "--seed", "0"]
@@ -78,11 +76,7 @@ def main() -> None:
     flags = [*DEFAULT_FLAGS, *flags]  # argparse keeps a flag's last value
     cfg = run_config([*flags, "--out", args.out])
     per_token((cfg.model.max_new_tokens or make_task(cfg.task).max_new_tokens) + 1)
-    summary = train(cfg)
-    rows = [json.loads(line) for line in (Path(args.out) / "metrics.jsonl").read_text().splitlines()]
-    print(f"SEA with per-token ERM heads ({' '.join(flags)}): final win rate {summary['final_win_rate']:.3f}")
-    print("| queries | " + " | ".join(str(r["queries"]) for r in rows[::4]) + " |")
-    print("| win rate | " + " | ".join(f"{r['win_rate']:.3f}" for r in rows[::4]) + " |")
+    train_and_report(cfg, f"SEA with per-token ERM heads ({' '.join(flags)})")
 
 
 if __name__ == "__main__":
