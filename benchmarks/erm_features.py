@@ -155,10 +155,11 @@ def evaluate(erm: EpistemicRewardModel, a: torch.Tensor, b: torch.Tensor, a_wins
     return {"acc": acc, "head": head, "calib": calib}
 
 
-def run(spec: Spec, train: tuple, test: tuple, seed: int, round_size: int) -> dict[int, dict]:
-    """Online ERM training on the first N labels; held-out scores at each checkpoint."""
+def run(spec: Spec, train: tuple, test: tuple, seed: int, round_size: int, tokens: int = 0) -> dict[int, dict]:
+    """Online ERM training on the first N labels; held-out scores at each checkpoint. `tokens`:
+    per-token features (`sealign.erm.per_token`)."""
     chosen, rejected = train
-    erm = EpistemicRewardModel(chosen.shape[1], replace(ERMConfig(), **spec.erm), seed)
+    erm = EpistemicRewardModel(chosen.shape[1], replace(ERMConfig(), **spec.erm), seed, tokens)
     scores = {}
     start = 0
     for checkpoint in CHECKPOINTS:

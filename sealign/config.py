@@ -385,8 +385,9 @@ class ERMConfig:
         default=None,
         metadata=_help(
             "pooling of the backbone's hidden states over the response; default: last for the preference model (the "
-            "state its score reads), mean for any other backbone",
-            choices=["mean", "sum", "last"],
+            "state its score reads), mean for any other backbone; tokens (beyond the paper): none, each head scores every "
+            "response token and sums the scores",
+            choices=["mean", "sum", "last", "tokens"],
         ),
     )
     erm_layer: int = field(
@@ -435,7 +436,10 @@ class ERMConfig:
         _require(self.erm_lr > 0, f"--erm-lr must be positive, got {self.erm_lr}")
         _require(self.erm_sgd_steps > 0, f"--erm-sgd-steps must be positive, got {self.erm_sgd_steps}")
         _require(self.erm_batch_size > 0, f"--erm-batch-size must be positive, got {self.erm_batch_size}")
-        _require(self.erm_pooling in (None, "mean", "sum", "last"), f"unknown --erm-pooling {self.erm_pooling!r} (known: mean, sum, last)")
+        _require(
+            self.erm_pooling in (None, "mean", "sum", "last", "tokens"),
+            f"unknown --erm-pooling {self.erm_pooling!r} (known: mean, sum, last, tokens)",
+        )
 
 
 LR_SCHEDULES = ("cosine", "constant", "linear", "constant_with_warmup")

@@ -22,11 +22,12 @@ from sealign.config import ERMConfig
 from sealign.errors import SealignError
 from sealign.policy import encode_pairs, prefill, prepare_tokenizer, prompt_inputs, token_logprobs
 
-POOLINGS = ("mean", "sum", "last")
+POOLINGS = ("mean", "sum", "last", "tokens")
 
 
 def pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
-    """Pool hidden states (B, T, d) over the positions in `mask` (B, T) into features (B, d)."""
+    """Pool hidden states (B, T, d) over the positions in `mask` (B, T) into features (B, d).
+    ("tokens" keeps every position: see `Backbone` and `per_token`.)"""
     m = mask.to(hidden.dtype)[:, :, None]  # (B, T, 1)
     if how == "sum":
         return (hidden * m).sum(1)
@@ -35,7 +36,19 @@ def pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
     if how == "last":
         last = mask.long().cumsum(1).argmax(1)  # (B,) index of the last masked position
         return hidden[torch.arange(len(hidden)), last]
-    raise ValueError(f"unknown pooling {how!r} (known: {', '.join(POOLINGS)})")
+    raise ValueError(f"unknown pooling {how!r} (known: {', '.join(POOLINGS[:-1])})")
+
+
+def per_token(x: Tensor, mask: Tensor, tokens: int) -> Tensor:
+    """Features of each response token, unpooled: the positions of `mask` (B, T) in `x` (B, T, d),
+    in order, cut or zero-padded to `tokens` and flattened with a mask column per token into
+    (B, tokens * (d + 1)), so that one response is still one row (the buffer, the explorer and
+    the checkpoints carry it unchanged) and `ensemble_rewards` can read it back per token."""
+    order = torch.argsort((~mask).int(), dim=1, stable=True)[:, :tokens]  # response positions first
+    x = torch.gather(x, 1, order[..., None].expand(-1, -1, x.shape[-1]))
+    m = torch.gather(mask, 1, order).to(x.dtype)[..., None]  # (B, ≤tokens, 1)
+    rows = F.pad(torch.cat([x * m, m], -1), (0, 0, 0, tokens - x.shape[1]))  # (B, tokens, d + 1)
+    return rows.flatten(1)
 
 
 def token_logprob_stats(logp: Tensor, mask: Tensor) -> Tensor:
@@ -63,6 +76,12 @@ class Backbone:
     hidden states of a small backbone barely encode such prompt-response agreement (on the
     built-in task, whether a summary word occurs in the post), which drives many preferences;
     benchmarks/erm_features.py measures the ERM's accuracy with and without them.
+
+    Pooling "tokens" (beyond the paper) pools nothing: each head scores every response token
+    and sums the scores, a form that can express a reward summed over words (the built-in
+    task's), where an MLP on a pooled vector stalls (benchmarks/erm_token_heads.py). A response
+    counts its first `tokens` tokens; the features of one response are `tokens` × (d + 1)
+    numbers (with log-probs, each token's own log-prob is one of its d features).
     """
 
     def __init__(
@@ -74,6 +93,7 @@ class Backbone:
         *,
         layer: int = -1,
         logprobs: bool = False,
+        tokens: int = 0,
     ):
         try:
             auto = AutoModelForCausalLM if logprobs else AutoModel
@@ -85,7 +105,11 @@ class Backbone:
         layers = self.model.config.num_hidden_layers + 1  # the input embeddings, then every block
         if not -layers <= layer < layers:
             raise SealignError(f"--erm-layer {layer} is out of range: backbone {str(path)!r} has hidden states 0..{layers - 1}")
-        self.width: int = self.model.config.hidden_size + 3 * logprobs
+        if (pooling == "tokens") != (tokens > 0):
+            raise ValueError("pooling 'tokens' takes the response length limit `tokens`, and only it does")
+        per_token_width = self.model.config.hidden_size + logprobs  # a token's states and its log-prob
+        self.tokens = tokens
+        self.width: int = tokens * (per_token_width + 1) if tokens else self.model.config.hidden_size + 3 * logprobs
         self.pooling = pooling
         self.batch_size = batch_size
         self.layer = layer
@@ -99,8 +123,12 @@ class Backbone:
         out = []
         for start in range(0, len(prompts), self.batch_size):
             hidden, logp, mask = read(prompts[start : start + self.batch_size], responses[start : start + self.batch_size])
-            feats = pool(hidden.float(), mask, self.pooling)  # (b, d)
-            if self.logprobs:
+            if self.tokens:
+                x = hidden.float() if logp is None else torch.cat([hidden.float(), logp[..., None].float()], -1)
+                feats = per_token(x, mask, self.tokens)  # (b, tokens * (d + 1))
+            else:
+                feats = pool(hidden.float(), mask, self.pooling)  # (b, d)
+            if self.logprobs and not self.tokens:
                 feats = torch.cat([feats, token_logprob_stats(logp, mask)], 1)
             out.append(feats.cpu())  # the heads live on the CPU
         return torch.cat(out)
@@ -166,9 +194,19 @@ def init_heads(num_heads: int, width: int, hidden: int, generator: torch.Generat
     return params
 
 
-def ensemble_rewards(params: dict[str, Tensor], features: Tensor) -> Tensor:
+def ensemble_rewards(params: dict[str, Tensor], features: Tensor, tokens: int = 0) -> Tensor:
     """r_φk(x, y) for every head k: features (N, d) shared by all heads, or (K, N, d) one set per
-    head; returns (K, N)."""
+    head; returns (K, N). With `tokens` = T > 0 the features are `per_token` rows (d = T (d' + 1))
+    and r_φk(x, y) = Σ_t mask_t g_k(token t), g_k the head's MLP on one token's d' features."""
+    if tokens:
+        x = features.unflatten(-1, (tokens, -1))  # (..., N, T, d' + 1)
+        g = head_mlp(params, x[..., :-1].flatten(-3, -2))  # (K, N * T)
+        return (g.unflatten(-1, (-1, tokens)) * x[..., -1]).sum(-1)  # (K, N)
+    return head_mlp(params, features)
+
+
+def head_mlp(params: dict[str, Tensor], features: Tensor) -> Tensor:
+    """Each head's MLP on features (N, d) shared by all heads, or (K, N, d); returns (K, N)."""
     spec = "nd,kdh->knh" if features.dim() == 2 else "knd,kdh->knh"
     h = torch.relu(torch.einsum(spec, features, params["w1"]) + params["b1"][:, None])  # (K, N, h)
     h = torch.relu(torch.einsum("knd,kdh->knh", h, params["w2"]) + params["b2"][:, None])  # (K, N, h)
@@ -186,16 +224,18 @@ def anchor_penalty(params: dict[str, Tensor], init: dict[str, Tensor]) -> Tensor
 
 
 def erm_loss(
-    params: dict[str, Tensor], init: dict[str, Tensor], chosen: Tensor, rejected: Tensor, lam: float, num_data: int
-) -> Tensor:
+    params: dict[str, Tensor], init: dict[str, Tensor], chosen: Tensor, rejected: Tensor, lam: float, num_data: int,
+    tokens: int = 0,
+) -> Tensor:  # fmt: skip
     """Eq. 9 on a minibatch: Σ_k [ L_r(φ_k) + (λ / |D|) ‖φ_k − φ_k⁰‖² ].
 
     The paper prints "− λ‖φ − φ⁰‖"; a regularizer that keeps heads near their priors must be
     added, and squared as in Dwaracherla et al. (2020). Dividing λ by the number of labelled pairs
     |D| makes the minibatch mean an unbiased estimate of the full-data objective / |D|, so the
-    prior's weight fades as labels accumulate. `chosen`, `rejected`: features (K, B, d).
+    prior's weight fades as labels accumulate. `chosen`, `rejected`: features (K, B, d), per
+    token where `tokens` > 0 (see `ensemble_rewards`).
     """
-    nll = bradley_terry_nll(ensemble_rewards(params, chosen), ensemble_rewards(params, rejected))  # (K,)
+    nll = bradley_terry_nll(ensemble_rewards(params, chosen, tokens), ensemble_rewards(params, rejected, tokens))  # (K,)
     return (nll + lam / num_data * anchor_penalty(params, init)).sum()
 
 
@@ -206,13 +246,15 @@ class EpistemicRewardModel:
     """The ensemble R_Φ with its optimizer and the buffer D of oracle-labelled feature pairs.
 
     Features are computed once per response (by `Backbone`) and kept with the pair, so a
-    training round touches only the small MLPs.
+    training round touches only the small MLPs. `tokens` > 0: the features are per token
+    (`Backbone` with pooling "tokens") and each head's MLP reads one token's.
     """
 
-    def __init__(self, width: int, cfg: ERMConfig, seed: int):
+    def __init__(self, width: int, cfg: ERMConfig, seed: int, tokens: int = 0):
         self.cfg = cfg
+        self.tokens = tokens
         self.generator = torch.Generator().manual_seed(seed)
-        init = init_heads(cfg.erm_heads, width, cfg.erm_hidden, self.generator)
+        init = init_heads(cfg.erm_heads, width // tokens - 1 if tokens else width, cfg.erm_hidden, self.generator)
         self.init = {n: t.clone() for n, t in init.items()}  # φ⁰, frozen
         self.params = {n: t.requires_grad_(True) for n, t in init.items()}
         self.optimizer = torch.optim.Adam(self.params.values(), lr=cfg.erm_lr)
@@ -226,7 +268,7 @@ class EpistemicRewardModel:
     def rewards(self, features: Tensor) -> Tensor:
         """(..., d) features → (K, ...) rewards, one row per head (posterior sample)."""
         lead = features.shape[:-1]
-        return ensemble_rewards(self.params, features.reshape(-1, features.shape[-1])).reshape(-1, *lead)
+        return ensemble_rewards(self.params, features.reshape(-1, features.shape[-1]), self.tokens).reshape(-1, *lead)
 
     def add(self, chosen: Tensor, rejected: Tensor) -> None:
         """Append oracle-labelled pairs (features (n, d) each) to D."""
@@ -242,7 +284,7 @@ class EpistemicRewardModel:
         k, b = self.cfg.erm_heads, min(self.cfg.erm_batch_size, n)
         for _ in range(self.cfg.erm_sgd_steps):
             idx = torch.randint(n, (k, b), generator=self.generator)  # (K, B): independent minibatches
-            loss = erm_loss(self.params, self.init, self.chosen[idx], self.rejected[idx], self.cfg.erm_lambda, n)
+            loss = erm_loss(self.params, self.init, self.chosen[idx], self.rejected[idx], self.cfg.erm_lambda, n, self.tokens)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

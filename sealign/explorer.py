@@ -42,7 +42,9 @@ LogProbs = Callable[[Sequence[str], Sequence[str]], tuple[Tensor, Tensor, Tensor
 class Explorer:
     """`rule` names a selector of sealign.explore, or "apl", which ranks with the policy itself
     and needs `policy_logprobs(prompts, responses) -> (log pi_theta, log pi_ref, lengths)`, `beta`
-    and the entropy estimate, "sequence" or "token" (sealign.explore.predictive_entropy)."""
+    and the entropy estimate, "sequence" or "token" (sealign.explore.predictive_entropy).
+    `response_tokens` (the response limit and its <eos>) sizes the ERM's features under pooling
+    "tokens"."""
 
     def __init__(
         self,
@@ -57,6 +59,7 @@ class Explorer:
         entropy: str = "sequence",
         device: str = "cpu",
         random_clash: bool = False,
+        response_tokens: int = 0,
     ):
         self.rule = None if rule == "apl" else SELECTORS[rule]
         if random_clash:
@@ -74,8 +77,9 @@ class Explorer:
                 device=device,
                 layer=erm_cfg.erm_layer,
                 logprobs=erm_cfg.erm_logprobs,
+                tokens=response_tokens if pooling == "tokens" else 0,
             )
-            self.erm = EpistemicRewardModel(self.backbone.width, erm_cfg, seed)
+            self.erm = EpistemicRewardModel(self.backbone.width, erm_cfg, seed, self.backbone.tokens)
 
     # -- selection ------------------------------------------------------------------------------
 

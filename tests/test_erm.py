@@ -17,7 +17,9 @@ from sealign.erm import (
     bradley_terry_nll,
     ensemble_rewards,
     erm_loss,
+    head_mlp,
     init_heads,
+    per_token,
     pool,
     token_logprob_stats,
 )
@@ -195,3 +197,56 @@ def test_best_of_n_picks_the_ensemble_mean_argmax(task, tmp_path, monkeypatch):
     monkeypatch.setattr(explorer, "features", lambda prompts, responses: torch.tensor([per_head[r] for r in responses]))
     monkeypatch.setattr(explorer.erm, "rewards", lambda feats: feats.T)  # (K, B): one column per response
     assert best_of_n([["a", "b", "c"], ["b", "a", "a"]], ["x", "y"], explorer.mean_reward) == ["c", "b"]
+
+
+def test_per_token_rewards_sum_each_tokens_score_by_hand():
+    """Pooling "tokens": r_k = Σ_t mask_t g_k(x_t), g_k the head's MLP on one token's features;
+    padded positions count nothing, and per-head rows give the same rewards as shared ones."""
+    params = init_heads(3, 2, 4, torch.Generator().manual_seed(0))
+    x = torch.randn(5, 3, 2)  # 5 responses, 3 token slots, 2 features each
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 0]], dtype=torch.float)
+    x[mask == 0] = 0.0
+    flat = torch.cat([x, mask[..., None]], -1).flatten(1)  # (5, 3 * (2 + 1))
+    expected = torch.stack([sum(head_mlp(params, x[:, t])[:, i] * mask[i, t] for t in range(3)) for i in range(5)], 1)
+    r = ensemble_rewards(params, flat, tokens=3)
+    assert r.shape == (3, 5)
+    assert torch.allclose(r, expected, atol=1e-6)
+    assert r[:, 3].abs().max() == 0  # an empty response: no token, no reward
+    assert torch.allclose(ensemble_rewards(params, flat[None].expand(3, -1, -1), tokens=3), r)
+
+
+def test_per_token_features_are_the_response_tokens_in_order(saved_reference):
+    """`per_token` moves the masked positions left, in order, pads with zero rows and cuts at the
+    limit: summed over tokens they are the "sum" pooling, and the log-prob column sums to the
+    sequence log-prob, for the shared-prompt path and for reading each pair whole."""
+    x = torch.arange(12, dtype=torch.float).reshape(2, 3, 2)
+    mask = torch.tensor([[False, True, True], [True, False, False]])
+    assert per_token(x, mask, 2).tolist() == [[2.0, 3.0, 1.0, 4.0, 5.0, 1.0], [6.0, 7.0, 1.0, 0.0, 0.0, 0.0]]
+    assert per_token(x, mask, 1).tolist() == [[2.0, 3.0, 1.0], [6.0, 7.0, 1.0]]  # cut at the limit
+
+    path = saved_reference[2]
+    prompts, responses = ["alpha beta TL;DR:", "alpha beta TL;DR:", "gamma TL;DR:"], ["apple", "river apple", ""]
+    tokens = Backbone(path, "tokens", layer=0, logprobs=True, tokens=4)
+    d = saved_reference[0].config.n_embd
+    assert tokens.width == 4 * (d + 2)
+    rows = tokens.features(prompts, responses).unflatten(-1, (4, d + 2))  # (3, 4, d + 1 log-prob + 1 mask)
+    assert rows[..., -1].tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]]  # each response and its <eos>
+    summed = Backbone(path, "sum", layer=0, logprobs=True).features(prompts, responses)
+    assert torch.allclose(rows[..., :d].sum(1), summed[:, :d], atol=1e-5)
+    assert torch.allclose(rows[..., d].sum(1), summed[:, d], atol=1e-5)  # Σ_t log pi(y_t | ...)
+    hidden, logp, mask = tokens._whole(prompts, responses)
+    assert torch.allclose(per_token(torch.cat([hidden, logp[..., None]], -1), mask, 4), rows.flatten(1), atol=1e-5)
+
+
+def test_explorer_with_per_token_pooling_learns_and_scores(saved_reference):
+    explorer = Explorer(
+        "ee_ts", 0, ERMConfig(erm_heads=2, erm_hidden=4, erm_layer=0, erm_logprobs=True), saved_reference[2], "tokens",
+        response_tokens=5,
+    )  # fmt: skip
+    d = saved_reference[0].config.n_embd
+    assert (explorer.backbone.tokens, explorer.erm.tokens) == (5, 5)
+    assert explorer.erm.params["w1"].shape == (2, d + 1, 4)  # one token's states and log-prob in
+    feats = explorer.features(["alpha TL;DR:"] * 2, ["apple", "river"])
+    explorer.erm.add(feats[:1], feats[1:])
+    assert math.isfinite(explorer.erm.train_round())
+    assert explorer.mean_reward(["alpha TL;DR:"], ["apple"]).shape == (1,)

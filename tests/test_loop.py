@@ -137,13 +137,14 @@ def _cli(*argv: str) -> list[str]:
 def test_kill_and_resume_equals_uninterrupted(tmp_path, agent):
     """A run killed with SIGKILL mid-way and resumed writes the same queries.jsonl as one that never stopped
     (for SEA this covers the ERM's weights, optimizer, label buffer and generators too; "sea-contrast"
-    adds the random clash rule and the anchored ERM pairs)."""
+    adds the random clash rule, the anchored ERM pairs and the per-token ERM)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["--budget", "192", "--batch-size", "32", "--checkpoint-every", "64", "--eval-every", "64", "--deterministic", "--quiet"]
     if agent != "online":
         args += ["--agent", "sea", "--num-candidates", "4", "--burn-in", "32", "--eval-bon", "2"]
     if agent == "sea-contrast":
         args += ["--explore", "ee_ts", "--clash", "random", "--erm-anchor", "--gamma", "0.5"]
+        args += ["--erm-pooling", "tokens", "--erm-layer", "0", "--erm-logprobs"]
     subprocess.run(_cli(*args, "--out", str(tmp_path / "whole")), env=env, check=True, capture_output=True)
 
     proc = subprocess.Popen(_cli(*args, "--out", str(tmp_path / "cut")), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -154,6 +154,7 @@ def build_session(
         entropy=cfg.apl_entropy,
         device=run.model.device,
         random_clash=cfg.clash == "random",
+        response_tokens=max_new_tokens + 1,  # its <eos> too
     )
     if saved is None:  # everything that can fail on bad input has been built: now the run exists
         folder.create({**run.to_dict(), **frozen})
