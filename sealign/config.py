@@ -491,6 +491,14 @@ class TrainConfig:
     )
     label_smoothing: float = field(default=0.0, metadata=_help("dpo only: conservative DPO's epsilon"))
     gamma: float = field(default=0.7, metadata=_help("mixture ratio: share of oracle pairs in a policy batch after burn-in"))
+    anchor_only: bool = field(
+        default=False,
+        metadata=_help(
+            "beyond the paper, with --erm-anchor: after burn-in the policy learns each oracle duel only as its anchored pair "
+            "(the oracle's winner against the ERM's worst other candidate; the duel itself where the prompt has no third), "
+            "one pair per query; the oracle's pairs still train the ERM, and --gamma does not apply"
+        ),
+    )
     burn_in: Optional[int] = field(
         default=None, metadata=_help("queries learnt from the oracle alone (gamma = 1) first; default 20%% of the budget")
     )
@@ -601,6 +609,9 @@ class TrainConfig:
         from sealign.agents import AGENTS
 
         mixed = AGENTS[self.agent].self_align and learned >= self.burn_in
+        if mixed and self.anchor_only:  # a whole batch of duels, each learnt as its anchored pair
+            n = min(self.batch_size, self.budget - learned)
+            return n, n
         erm = min(round((1 - self.gamma) * self.batch_size), self.batch_size - 1) if mixed else 0
         return min(self.batch_size - erm, self.budget - learned), erm
 
@@ -718,8 +729,9 @@ class RunConfig:
             if on
         ]
         aligning = ", ".join(name for name, agent in AGENTS.items() if agent.self_align)
+        _require(self.erm.erm_anchor or not self.train.anchor_only, "--anchor-only learns the pairs of --erm-anchor: add it")
         _require(  # one anchored pair per oracle duel at most: the ERM's share cannot exceed the oracle's
-            not self.erm.erm_anchor or self.train.gamma >= 0.5,
+            not self.erm.erm_anchor or self.train.anchor_only or self.train.gamma >= 0.5,
             f"--erm-anchor gives at most one ERM-labelled pair per oracle duel: --gamma must be at least 0.5, got {self.train.gamma}",
         )
         _require(  # a resumed run keeps its saved agent and settings (the CLI refuses changed ones)

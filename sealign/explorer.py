@@ -148,13 +148,16 @@ class Explorer:
             prompts,
         )
 
-    def anchored_pairs(self, sel: Selection, rows: list[int], first_wins: Tensor, wanted: int) -> Preferences:
+    def anchored_pairs(
+        self, sel: Selection, rows: list[int], first_wins: Tensor, wanted: int, own_pair: bool = False
+    ) -> Preferences:
         """B_ERM anchored on the oracle (beyond the paper): for the duels of prompts `rows`, labelled
         `first_wins`, the oracle's winner against the ensemble-mean worst candidate of the same
-        prompt other than the duel's two; at most `wanted`, in order, none where no third distinct
-        candidate exists. Why: a DAP step learns most from the best candidate against a clearly
-        worse one (benchmarks/sea_oracle_erm.py --noise 0); the oracle finds the better of the ERM's
-        top two, and the ERM is surest about which candidate is worst."""
+        prompt other than the duel's two; at most `wanted`, in order. Where no third distinct
+        candidate exists: none, or with `own_pair` the duel itself (winner against loser). Why: a
+        DAP step learns most from the best candidate against a clearly worse one
+        (benchmarks/sea_oracle_erm.py --noise 0); the oracle finds the better of the ERM's top two,
+        and the ERM is surest about which candidate is worst."""
         idx = torch.tensor(rows, dtype=torch.long)
         first, second = sel.choice.first[idx], sel.choice.second[idx]
         winner = torch.where(first_wins, first, second)
@@ -162,7 +165,9 @@ class Explorer:
         at = torch.arange(len(rows))
         others[at, first], others[at, second] = False, False
         worst = sel.rewards[:, idx].mean(0).masked_fill(~others, float("inf")).argmin(1)  # (n,)
-        keep = others.any(1).nonzero().squeeze(1)[:wanted].tolist()
+        none = ~others.any(1)
+        worst = torch.where(none, torch.where(first_wins, second, first), worst)  # the loser, if asked for
+        keep = (torch.arange(len(rows)) if own_pair else (~none).nonzero().squeeze(1))[:wanted].tolist()
         prompts = [rows[i] for i in keep]
         return Preferences(
             prompts=[sel.candidates.prompts[r] for r in prompts],

@@ -135,11 +135,19 @@ def test_anchored_pairs_put_the_oracles_winner_against_the_erms_worst_other_cand
     # and d the mean puts d lowest. x2 has no third distinct candidate: no pair
     assert (pairs.prompts, pairs.chosen, pairs.rejected) == (["x1", "x0"], ["g", "a"], ["e", "d"])
     assert explorer.anchored_pairs(sel, [2, 1, 0], torch.tensor([True, False, True]), wanted=1).prompts == ["x1"]
+    own = explorer.anchored_pairs(sel, [2, 1, 0], torch.tensor([True, False, True]), wanted=5, own_pair=True)
+    assert (own.prompts, own.chosen, own.rejected) == (["x2", "x1", "x0"], ["i", "g", "a"], ["j", "e", "d"])  # x2: its duel
 
 
-def test_anchored_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp_path, task_cfg, monkeypatch):
+@pytest.mark.parametrize("anchor_only", [False, True])
+def test_anchored_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp_path, task_cfg, monkeypatch, anchor_only):
+    """--erm-anchor adds one anchored pair per duel beside the oracle's; --anchor-only learns each duel
+    as its anchored pair alone (the duel itself only where its prompt has no third candidate)."""
     batches, asked = watch_learner_and_oracle(monkeypatch)
-    cfg = TrainConfig(agent="sea", num_candidates=6, burn_in=0, gamma=0.5, batch_size=16, budget=48, eval_every=48, out=str(tmp_path / "r"))
+    cfg = TrainConfig(
+        agent="sea", num_candidates=6, burn_in=0, gamma=0.5, batch_size=16, budget=48, eval_every=48, out=str(tmp_path / "r"),
+        anchor_only=anchor_only,
+    )  # fmt: skip
     summary = train(small_run(cfg, task_cfg, erm=ERMConfig(erm_heads=4, erm_hidden=16, erm_anchor=True)))
     rows = [json.loads(x) for x in (tmp_path / "r" / "queries.jsonl").read_text().splitlines()]
     assert summary["queries"] == len(rows) == len(asked) == 48
@@ -147,9 +155,14 @@ def test_anchored_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp
     winner = {r["prompt"]: (r["first"] if r["first_wins"] else r["second"], {r["first"], r["second"]}) for r in rows}
     oracle_pairs = {(r["prompt"], *((r["first"], r["second"]) if r["first_wins"] else (r["second"], r["first"]))) for r in rows}
     erm_pairs = [(x, c, r) for b in batches for x, c, r in zip(b.prompts, b.chosen, b.rejected) if (x, c, r) not in oracle_pairs]
-    assert erm_pairs and sum(len(b) for b in batches) == 48 + len(erm_pairs)
     for x, chosen, rejected in erm_pairs:  # an oracle prompt's winner against a third candidate
         assert chosen == winner[x][0] and rejected not in winner[x][1]
+    if anchor_only:  # one pair per duel, each the duel's winner, 16 a step
+        learnt = [(x, c) for b in batches for x, c in zip(b.prompts, b.chosen)]
+        assert [len(b) for b in batches] == [16, 16, 16] and sorted(learnt) == sorted((x, w) for x, (w, _) in winner.items())
+        assert len(erm_pairs) >= 40  # all but the duels without a third candidate
+    else:
+        assert erm_pairs and sum(len(b) for b in batches) == 48 + len(erm_pairs)
     state = read_checkpoint(tmp_path / "r" / "checkpoints" / "last")
     assert len(state["explorer"]["erm"]["chosen"]) == 48  # the ERM's own data: oracle labels only
 
@@ -185,6 +198,7 @@ def test_training_oracle_pm_labels_by_the_prior_and_evaluation_stays_the_oracles
         (["--agent", "sea-noalign", "--erm-anchor"], "--erm-anchor applies to the ERM-labelled pairs of a self-aligning agent"),
         (["--agent", "sea", "--erm-anchor", "--erm-soft-labels"], "--erm-soft-labels weighs a sampled head's own pairs"),
         (["--agent", "sea", "--erm-anchor", "--gamma", "0.3"], "--gamma must be at least 0.5, got 0.3"),
+        (["--agent", "sea", "--anchor-only"], "--anchor-only learns the pairs of --erm-anchor: add it"),
         (["--agent", "sea", "--erm-backbone", "pm", "--erm-logprobs"], "the preference model is a reward model"),
         (["--train-oracle", "oracle-of-delphi"], "unknown --train-oracle 'oracle-of-delphi'"),
         (["--pm-steps", "0"], "--pm-steps must be positive"),

@@ -116,7 +116,9 @@ def collect(s: Session, target: int, erm_wanted: int) -> Preferences:
             if s.anchored:
                 rows = []
                 if kept and erm_wanted > len(erm_batch):
-                    pairs = s.explorer.anchored_pairs(sel, kept, answered.first_wins, erm_wanted - len(erm_batch))
+                    pairs = s.explorer.anchored_pairs(
+                        sel, kept, answered.first_wins, erm_wanted - len(erm_batch), own_pair=s.cfg.anchor_only
+                    )
                     erm_batch = erm_batch + pairs
             elif rows and erm_wanted > len(erm_batch):
                 pairs, rows = s.explorer.erm_labelled(sel, rows, erm_wanted - len(erm_batch))

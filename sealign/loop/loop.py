@@ -142,9 +142,11 @@ def step(s: Session) -> dict:
 
 def learn(s: Session, n_oracle: int, erm_batch: Preferences) -> dict:
     """The ERM's training round and the policy's DAP step on the next `n_oracle` ledger labels
-    mixed with B_ERM (Eq. 8 with §4.3's mixture)."""
+    mixed with B_ERM (Eq. 8 with §4.3's mixture; with --anchor-only, B_ERM holds each of those
+    duels as its anchored pair and stands alone)."""
     state = s.state
-    batch = s.folder.queries.preferences(state.learned, state.learned + n_oracle) + erm_batch
+    labelled = s.folder.queries.preferences(state.learned, state.learned + n_oracle)
+    batch = erm_batch if s.cfg.anchor_only and erm_batch else labelled + erm_batch
     reference_samples = None
     if s.agent.reference_duel:  # the second response of every duel was sampled from pi_ref
         rows = s.folder.queries.recorded(state.learned, n_oracle)
