@@ -352,12 +352,14 @@ def run_study(
 
         def work(task):
             folder, arm, seed = task
+            began = time.perf_counter()
             job = bar.add_task(f"{arm.label} seed {seed}", total=int(arm.option("budget", str(DEFAULT_BUDGET))), info="")
             labels = LedgerCount(folder)
             status = run_one(folder, arm.flags, seed, tick=lambda: bar.update(job, completed=labels()))
             bar.update(job, completed=labels(), info=status)
             where = f"{arm.panel}: " if arm.panel else ""
-            echo(f"{where}{arm.label} seed {seed}: {status} ({time.perf_counter() - start:.0f} s)")
+            now = time.perf_counter()
+            echo(f"{where}{arm.label} seed {seed}: {status} ({now - began:.0f} s; {now - start:.0f} s into the study)")
 
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             for future in [pool.submit(work, t) for t in tasks]:
