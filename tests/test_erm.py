@@ -236,6 +236,8 @@ def test_per_token_features_are_the_response_tokens_in_order(saved_reference):
     assert torch.allclose(rows[..., d].sum(1), summed[:, d], atol=1e-5)  # Σ_t log pi(y_t | ...)
     hidden, logp, mask = tokens._whole(prompts, responses)
     assert torch.allclose(per_token(torch.cat([hidden, logp[..., None]], -1), mask, 4), rows.flatten(1), atol=1e-5)
+    cut = Backbone(path, "tokens", layer=0, logprobs=True, tokens=2).features(prompts, responses).unflatten(-1, (2, d + 2))
+    assert torch.equal(cut, rows[:, :2])  # a response longer than the limit keeps its first tokens
 
 
 def test_explorer_with_per_token_pooling_learns_and_scores(saved_reference):

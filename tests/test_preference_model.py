@@ -142,29 +142,33 @@ def test_anchored_pairs_put_the_oracles_winner_against_the_erms_worst_other_cand
 @pytest.mark.parametrize("anchor_only", [False, True])
 def test_anchored_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp_path, task_cfg, monkeypatch, anchor_only):
     """--erm-anchor adds one anchored pair per duel beside the oracle's; --anchor-only learns each duel
-    as its anchored pair alone (the duel itself only where its prompt has no third candidate)."""
+    after burn-in as its anchored pair alone (the duel itself only where its prompt has no third
+    candidate), the last batch short where the budget ends."""
     batches, asked = watch_learner_and_oracle(monkeypatch)
+    burn_in, budget = (16, 40) if anchor_only else (0, 48)
     cfg = TrainConfig(
-        agent="sea", num_candidates=6, burn_in=0, gamma=0.5, batch_size=16, budget=48, eval_every=48, out=str(tmp_path / "r"),
-        anchor_only=anchor_only,
+        agent="sea", num_candidates=6, burn_in=burn_in, gamma=0.5, batch_size=16, budget=budget, eval_every=budget,
+        out=str(tmp_path / "r"), anchor_only=anchor_only,
     )  # fmt: skip
     summary = train(small_run(cfg, task_cfg, erm=ERMConfig(erm_heads=4, erm_hidden=16, erm_anchor=True)))
     rows = [json.loads(x) for x in (tmp_path / "r" / "queries.jsonl").read_text().splitlines()]
-    assert summary["queries"] == len(rows) == len(asked) == 48
+    assert summary["queries"] == len(rows) == len(asked) == budget
     assert len({r["prompt"] for r in rows}) == len(rows)  # each prompt asked once: it names its duel below
     winner = {r["prompt"]: (r["first"] if r["first_wins"] else r["second"], {r["first"], r["second"]}) for r in rows}
     oracle_pairs = {(r["prompt"], *((r["first"], r["second"]) if r["first_wins"] else (r["second"], r["first"]))) for r in rows}
     erm_pairs = [(x, c, r) for b in batches for x, c, r in zip(b.prompts, b.chosen, b.rejected) if (x, c, r) not in oracle_pairs]
     for x, chosen, rejected in erm_pairs:  # an oracle prompt's winner against a third candidate
         assert chosen == winner[x][0] and rejected not in winner[x][1]
-    if anchor_only:  # one pair per duel, each the duel's winner, 16 a step
+    if anchor_only:  # burn-in: the oracle's 16 pairs; then one pair per duel, each the duel's winner
+        assert [len(b) for b in batches] == [16, 16, 8]
+        assert all((x, c, r) in oracle_pairs for x, c, r in zip(batches[0].prompts, batches[0].chosen, batches[0].rejected))
         learnt = [(x, c) for b in batches for x, c in zip(b.prompts, b.chosen)]
-        assert [len(b) for b in batches] == [16, 16, 16] and sorted(learnt) == sorted((x, w) for x, (w, _) in winner.items())
-        assert len(erm_pairs) >= 40  # all but the duels without a third candidate
+        assert sorted(learnt) == sorted((x, w) for x, (w, _) in winner.items())
+        assert len(erm_pairs) >= 20  # all but the duels without a third candidate
     else:
         assert erm_pairs and sum(len(b) for b in batches) == 48 + len(erm_pairs)
     state = read_checkpoint(tmp_path / "r" / "checkpoints" / "last")
-    assert len(state["explorer"]["erm"]["chosen"]) == 48  # the ERM's own data: oracle labels only
+    assert len(state["explorer"]["erm"]["chosen"]) == budget  # the ERM's own data: oracle labels only
 
 
 def test_training_oracle_pm_labels_by_the_prior_and_evaluation_stays_the_oracles(tmp_path, task_cfg):
