@@ -347,20 +347,22 @@ def run_config(flags: list[str]) -> RunConfig:
     if remaining:
         raise SealignError(f"unrecognized arguments: {' '.join(remaining)}")
     task, policy, sft, oracle, erm, model, data, train, backend, pm = cfgs
-    refuse_unused_erm_flags(flags, train)
+    refuse_ignored_flags(flags, train)
     return RunConfig(train, task, policy, sft, oracle, erm, model, data, pm, backend)
 
 
-def refuse_unused_erm_flags(typed: list[str], train: TrainConfig) -> None:
-    """`--erm-*` options typed for an agent without an epistemic reward model would be silently
-    ignored: refuse them. A recipe's (`--config`) are not typed: a recipe describes SEA's ERM, and
-    its other arms (`--agent online`, ...) run from it unchanged."""
+def refuse_ignored_flags(typed: list[str], train: TrainConfig) -> None:
+    """Typed options that would be silently ignored are refused: `--erm-*` for an agent without an
+    epistemic reward model, `--gamma` with `--anchor-only`. A recipe's (`--config`) are not typed:
+    a recipe describes SEA's ERM, and its other arms (`--agent online`, ...) run from it unchanged."""
     if train.resume is not None:  # the saved agent decides; changed settings are refused on resume
         return
     from sealign.agents import AGENTS
 
     agent = AGENTS[train.agent]
     names = dict.fromkeys(t.split("=", 1)[0].lstrip("-").replace("_", "-") for t in typed if t.startswith("--"))
+    if train.anchor_only and "gamma" in names:
+        raise SealignError("--anchor-only learns one anchored pair per query, whatever --gamma says: drop --gamma")
     given = [f"--{n}" for n in names if n.startswith("erm-")]
     if given and not agent.learn_erm:
         listed = ", ".join(given[:-1]) + " and " + given[-1] if len(given) > 1 else given[0]
@@ -569,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         if remaining:
             raise SealignError(f"unrecognized arguments: {' '.join(remaining)}")
         if name == "train":
-            refuse_unused_erm_flags(typed, next(c for c in cfgs if isinstance(c, TrainConfig)))
+            refuse_ignored_flags(typed, next(c for c in cfgs if isinstance(c, TrainConfig)))
         out = cfgs[-1]  # every command ends with OutputArgs
         if out.json and not Path(out.json).resolve().parent.is_dir():
             raise SealignError(f"--json {out.json!r}: its folder does not exist")

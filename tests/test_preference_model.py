@@ -203,6 +203,8 @@ def test_training_oracle_pm_labels_by_the_prior_and_evaluation_stays_the_oracles
         (["--agent", "sea", "--erm-anchor", "--erm-soft-labels"], "--erm-soft-labels weighs a sampled head's own pairs"),
         (["--agent", "sea", "--erm-anchor", "--gamma", "0.3"], "--gamma must be at least 0.5, got 0.3"),
         (["--agent", "sea", "--anchor-only"], "--anchor-only learns the pairs of --erm-anchor: add it"),
+        (["--agent", "sea", "--erm-anchor", "--anchor-only", "--gamma", "0.7"], "whatever --gamma says: drop --gamma"),
+        (["--agent", "sea", "--erm-pooling", "tokens", "--budget", "3000000"], "--erm-pooling tokens would keep"),
         (["--agent", "sea", "--erm-backbone", "pm", "--erm-logprobs"], "the preference model is a reward model"),
         (["--train-oracle", "oracle-of-delphi"], "unknown --train-oracle 'oracle-of-delphi'"),
         (["--pm-steps", "0"], "--pm-steps must be positive"),

@@ -23,7 +23,7 @@ from sealign.errors import SealignError
 from sealign.explorer import Explorer
 from sealign.learner import Learner, LearnerConfig
 from sealign.loop.state import LoopState, PromptStream
-from sealign.memory import check_memory, describe, device_capacity, estimate, run_workload, shape_of
+from sealign.memory import check_memory, describe, device_capacity, estimate, format_bytes, run_workload, shape_of
 from sealign.models import Models, erm_backbone_source, fingerprint, load_models, on_builtin_task, preference_model_source
 from sealign.oracles import make_oracle
 from sealign.policy import check_fits, sequence_logprobs
@@ -156,6 +156,7 @@ def build_session(
         random_clash=cfg.clash == "random",
         response_tokens=max_new_tokens + 1,  # its <eos> too
     )
+    _check_erm_buffer(run, explorer, progress)
     if saved is None:  # everything that can fail on bad input has been built: now the run exists
         folder.create({**run.to_dict(), **frozen})
     if hasattr(oracle, "attach"):  # an oracle that keeps what people answered in the run folder
@@ -175,6 +176,24 @@ def _check_memory(run: RunConfig, models: Models, seq_len: int, progress: bool) 
         console.print(describe(parts, device, capacity))
     if run.model.memory_check:
         check_memory(parts, device, capacity)
+
+
+def _check_erm_buffer(run: RunConfig, explorer: Explorer, progress: bool) -> None:
+    """Per-token ERM features (--erm-pooling tokens) are T (d + 1 or 2) numbers a response, kept for
+    every oracle label in host memory and in each checkpoint: say how much, refuse what cannot fit."""
+    backbone = explorer.backbone
+    if backbone is None or not backbone.tokens:
+        return
+    need = 2 * run.train.budget * backbone.width * 4  # a chosen and a rejected row per label, float32
+    capacity = device_capacity("cpu")
+    if progress:
+        console.print(f"ERM labels' per-token features: up to {format_bytes(need)} in host memory and in each checkpoint")
+    if run.model.memory_check and capacity is not None and need > capacity / 2:
+        raise SealignError(
+            f"--erm-pooling tokens would keep {format_bytes(need)} of features for {run.train.budget} labels, over half of the "
+            f"host's {format_bytes(capacity)}: pool them (--erm-pooling mean), shorten --max-new-tokens, use a smaller "
+            "--erm-backbone, or pass --no-memory-check to try anyway"
+        )
 
 
 def _read_conversations(tokenizer, records: list[PromptRecord]) -> None:
