@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from sealign.cli import COMMANDS, _Parser, config_args, main, refuse_unused_erm_flags
+from sealign.cli import COMMANDS, _Parser, config_args, main, refuse_ignored_flags
 from sealign.config import RunConfig
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
@@ -84,7 +84,7 @@ def test_the_other_arms_run_from_a_recipe_and_typed_erm_flags_for_them_are_refus
             args=[*config_args(str(path), parser), *typed]
         )
         assert erm.erm_backbone is not None  # the recipe's, not used by this agent
-        refuse_unused_erm_flags(typed, train)
+        refuse_ignored_flags(typed, train)
         RunConfig(train, task, policy, sft, oracle, erm, model, data, pm, backend)  # validates
     code = main(["train", "--config", str(path), "--agent", "online", "--erm-heads=5", "--erm_layer", "0", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip().splitlines()
