@@ -344,7 +344,8 @@ def run_study(
 ) -> None:
     """Every (arm, seed) not finished yet, `jobs` at a time, each on RUN_THREADS threads. Unless
     `quiet`, a progress bar per run counts the labels in its ledger (the runs themselves are quiet:
-    several at once would draw over each other's bars)."""
+    several at once would draw over each other's bars). A run that fails does not stop the others:
+    they finish (a rerun of the study skips them), and then the failures are raised together."""
     tasks = [(run_folder(out, arm, seed), arm, seed) for arm in arms for seed in seeds]
     start = time.perf_counter()
 
@@ -355,15 +356,22 @@ def run_study(
             began = time.perf_counter()
             job = bar.add_task(f"{arm.label} seed {seed}", total=int(arm.option("budget", str(DEFAULT_BUDGET))), info="")
             labels = LedgerCount(folder)
-            status = run_one(folder, arm.flags, seed, tick=lambda: bar.update(job, completed=labels()))
+            try:
+                status = run_one(folder, arm.flags, seed, tick=lambda: bar.update(job, completed=labels()))
+            except SealignError as e:
+                status = "failed"
+                failures.append(str(e))
             bar.update(job, completed=labels(), info=status)
             where = f"{arm.panel}: " if arm.panel else ""
             now = time.perf_counter()
             echo(f"{where}{arm.label} seed {seed}: {status} ({now - began:.0f} s; {now - start:.0f} s into the study)")
 
+        failures: list[str] = []
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             for future in [pool.submit(work, t) for t in tasks]:
                 future.result()
+    if failures:
+        raise SealignError(f"{len(failures)} of {len(tasks)} runs failed, the others finished: {'; '.join(failures)}")
 
 
 # ---- aggregation ----------------------------------------------------------------------------

@@ -205,6 +205,26 @@ def test_plot_command_draws_any_run_folders(tmp_path, capsys):
 # ---- running ----------------------------------------------------------------------------------
 
 
+def test_a_failed_run_does_not_stop_the_others(tmp_path, monkeypatch):
+    """The other runs of the study finish, and the failures are raised together at the end."""
+    import sealign.study as study_mod
+
+    study = study_from_spec("r", {"title": "t", "flags": SMALL, "arms": {"a": "--agent online", "b": "--agent offline"}})
+    ran = []
+
+    def fake_run_one(folder, flags, seed, tick=lambda: None):
+        if "offline" in flags and seed == 0:
+            raise SealignError(f"run {folder} failed: boom")
+        ran.append((tuple(flags), seed))
+        return "ran"
+
+    monkeypatch.setattr(study_mod, "run_one", fake_run_one)
+    lines: list[str] = []
+    with pytest.raises(SealignError, match=r"^1 of 4 runs failed, the others finished: run .* failed: boom$"):
+        run_study(study.arms, tmp_path, [0, 1], jobs=2, echo=lines.append)
+    assert len(ran) == 3 and sorted(line.split(":")[1].split("(")[0].strip() for line in lines) == ["failed", "ran", "ran", "ran"]
+
+
 def test_study_skips_finished_and_resumes_interrupted_runs(tmp_path):
     """Seed 0 finished, seed 1 killed mid-run: the study leaves the first alone and resumes the
     second, which ends with exactly the budget and asks nothing twice."""
