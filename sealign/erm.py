@@ -22,12 +22,11 @@ from sealign.config import ERMConfig
 from sealign.errors import SealignError
 from sealign.policy import encode_pairs, prefill, prepare_tokenizer, prompt_inputs, token_logprobs
 
-POOLINGS = ("mean", "sum", "last", "tokens")
+POOLINGS = ("mean", "sum", "last")  # and "tokens", which pools nothing: see `Backbone`
 
 
 def pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
-    """Pool hidden states (B, T, d) over the positions in `mask` (B, T) into features (B, d).
-    ("tokens" keeps every position: see `Backbone` and `per_token`.)"""
+    """Pool hidden states (B, T, d) over the positions in `mask` (B, T) into features (B, d)."""
     m = mask.to(hidden.dtype)[:, :, None]  # (B, T, 1)
     if how == "sum":
         return (hidden * m).sum(1)
@@ -36,7 +35,7 @@ def pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
     if how == "last":
         last = mask.long().cumsum(1).argmax(1)  # (B,) index of the last masked position
         return hidden[torch.arange(len(hidden)), last]
-    raise ValueError(f"unknown pooling {how!r} (known: {', '.join(POOLINGS[:-1])})")
+    raise ValueError(f"unknown pooling {how!r} (known: {', '.join(POOLINGS)})")
 
 
 def per_token(x: Tensor, mask: Tensor, tokens: int) -> Tensor:
@@ -107,9 +106,9 @@ class Backbone:
             raise SealignError(f"--erm-layer {layer} is out of range: backbone {str(path)!r} has hidden states 0..{layers - 1}")
         if (pooling == "tokens") != (tokens > 0):
             raise ValueError("pooling 'tokens' takes the response length limit `tokens`, and only it does")
-        per_token_width = self.model.config.hidden_size + logprobs  # a token's states and its log-prob
         self.tokens = tokens
-        self.width: int = tokens * (per_token_width + 1) if tokens else self.model.config.hidden_size + 3 * logprobs
+        d = self.model.config.hidden_size
+        self.width: int = tokens * (d + logprobs + 1) if tokens else d + 3 * logprobs  # per token: states, log-prob, mask
         self.pooling = pooling
         self.batch_size = batch_size
         self.layer = layer
@@ -128,8 +127,8 @@ class Backbone:
                 feats = per_token(x, mask, self.tokens)  # (b, tokens * (d + 1))
             else:
                 feats = pool(hidden.float(), mask, self.pooling)  # (b, d)
-            if self.logprobs and not self.tokens:
-                feats = torch.cat([feats, token_logprob_stats(logp, mask)], 1)
+                if self.logprobs:
+                    feats = torch.cat([feats, token_logprob_stats(logp, mask)], 1)
             out.append(feats.cpu())  # the heads live on the CPU
         return torch.cat(out)
 
