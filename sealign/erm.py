@@ -197,11 +197,17 @@ def ensemble_rewards(params: dict[str, Tensor], features: Tensor, tokens: int = 
     """r_φk(x, y) for every head k: features (N, d) shared by all heads, or (K, N, d) one set per
     head; returns (K, N). With `tokens` = T > 0 the features are `per_token` rows (d = T (d' + 1))
     and r_φk(x, y) = Σ_t mask_t g_k(token t), g_k the head's MLP on one token's d' features."""
-    if tokens:
-        x = features.unflatten(-1, (tokens, -1))  # (..., N, T, d' + 1)
-        g = head_mlp(params, x[..., :-1].flatten(-3, -2))  # (K, N * T)
-        return (g.unflatten(-1, (-1, tokens)) * x[..., -1]).sum(-1)  # (K, N)
-    return head_mlp(params, features)
+    if not tokens:
+        return head_mlp(params, features)
+    x = features.unflatten(-1, (tokens, -1))  # (..., N, T, d' + 1)
+    mask, rows = x[..., -1].flatten(-2), x[..., :-1].flatten(-3, -2)  # (..., N T), (..., N T, d')
+    # only real tokens go through the heads (under half of the slots on the built-in task): each
+    # row's real slots first, as many as the row with the most; the rest weigh 0
+    keep = torch.sort(mask, dim=-1, descending=True, stable=True).indices[..., : int(mask.sum(-1).max())]
+    picked = torch.gather(rows, -2, keep[..., None].expand(*keep.shape, rows.shape[-1]))  # (..., n, d')
+    g = head_mlp(params, picked) * torch.gather(mask, -1, keep)  # (K, n)
+    per_slot = g.new_zeros(len(g), mask.shape[-1]).scatter(-1, keep.expand_as(g), g)  # (K, N T)
+    return per_slot.unflatten(-1, (-1, tokens)).sum(-1)  # (K, N)
 
 
 def head_mlp(params: dict[str, Tensor], features: Tensor) -> Tensor:

@@ -213,6 +213,9 @@ def test_per_token_rewards_sum_each_tokens_score_by_hand():
     assert torch.allclose(r, expected, atol=1e-6)
     assert r[:, 3].abs().max() == 0  # an empty response: no token, no reward
     assert torch.allclose(ensemble_rewards(params, flat[None].expand(3, -1, -1), tokens=3), r)
+    order = torch.stack([torch.randperm(5, generator=torch.Generator().manual_seed(k)) for k in range(3)])  # (K, 5)
+    own = ensemble_rewards(params, flat[order], tokens=3)  # each head its own rows, with other token counts
+    assert torch.allclose(own, torch.stack([expected[k, order[k]] for k in range(3)]), atol=1e-6)
 
 
 def test_per_token_features_are_the_response_tokens_in_order(saved_reference):
