@@ -413,6 +413,13 @@ class ERMConfig:
             "candidate of the same prompt, instead of a sampled head's best vs worst of a prompt the oracle is not asked about"
         ),
     )
+    erm_anchors: int = field(
+        default=1,
+        metadata=_help(
+            "beyond the paper, with --erm-anchor: anchored pairs per oracle duel, its winner against each of the "
+            "ensemble-mean N worst other candidates (more self-labelled pairs per oracle label; --gamma at least 1/(1+N))"
+        ),
+    )
     erm_soft_labels: bool = field(
         default=False,
         metadata=_help(
@@ -426,6 +433,8 @@ class ERMConfig:
             _check_source("--erm-backbone", self.erm_backbone)
         _require(self.erm_gate is None or 0.5 < self.erm_gate <= 1.0, f"--erm-gate must be in (0.5, 1], got {self.erm_gate}")
         _require(not (self.erm_anchor and self.erm_gate is not None), "--erm-anchor and --erm-gate choose the ERM's pairs two ways: drop one")
+        _require(self.erm_anchors >= 1, f"--erm-anchors must be at least 1, got {self.erm_anchors}")
+        _require(self.erm_anchor or self.erm_anchors == 1, "--erm-anchors sets how many pairs --erm-anchor makes per oracle duel: add --erm-anchor")
         _require(
             not (self.erm_anchor and self.erm_soft_labels),
             "--erm-soft-labels weighs a sampled head's own pairs; --erm-anchor's pairs carry the oracle's winner: drop one",
@@ -730,9 +739,12 @@ class RunConfig:
         ]
         aligning = ", ".join(name for name, agent in AGENTS.items() if agent.self_align)
         _require(self.erm.erm_anchor or not self.train.anchor_only, "--anchor-only learns the pairs of --erm-anchor: add it")
-        _require(  # one anchored pair per oracle duel at most: the ERM's share cannot exceed the oracle's
-            not self.erm.erm_anchor or self.train.anchor_only or self.train.gamma >= 0.5,
-            f"--erm-anchor gives at most one ERM-labelled pair per oracle duel: --gamma must be at least 0.5, got {self.train.gamma}",
+        anchors = self.erm.erm_anchors
+        _require(anchors == 1 or not self.train.anchor_only, f"--anchor-only learns each duel as one anchored pair: drop --erm-anchors {anchors}")
+        _require(  # N anchored pairs per oracle duel at most: the ERM's share cannot exceed N times the oracle's
+            not self.erm.erm_anchor or self.train.anchor_only or self.train.gamma >= 1 / (1 + anchors),
+            f"--erm-anchor gives at most {anchors} ERM-labelled pair{'s' if anchors > 1 else ''} per oracle duel (--erm-anchors): "
+            f"--gamma must be at least {1 / (1 + anchors):.3g}, got {self.train.gamma}",
         )
         _require(  # a resumed run keeps its saved agent and settings (the CLI refuses changed ones)
             not shaped or self.train.resume is not None or AGENTS[self.train.agent].self_align,

@@ -149,30 +149,33 @@ class Explorer:
         )
 
     def anchored_pairs(
-        self, sel: Selection, rows: list[int], first_wins: Tensor, wanted: int, own_pair: bool = False
+        self, sel: Selection, rows: list[int], first_wins: Tensor, wanted: int, own_pair: bool = False, per_duel: int = 1
     ) -> Preferences:
         """B_ERM anchored on the oracle (beyond the paper): for the duels of prompts `rows`, labelled
-        `first_wins`, the oracle's winner against the ensemble-mean worst candidate of the same
-        prompt other than the duel's two; at most `wanted`, in order. Where no third distinct
-        candidate exists: none, or with `own_pair` the duel itself (winner against loser). Why: a
-        DAP step learns most from the best candidate against a clearly worse one
-        (benchmarks/sea_oracle_erm.py --noise 0); the oracle finds the better of the ERM's top two,
-        and the ERM is surest about which candidate is worst."""
+        `first_wins`, the oracle's winner against each of the `per_duel` ensemble-mean worst
+        candidates of the same prompt other than the duel's two, worst first; at most `wanted`, in
+        order. Where no third distinct candidate exists: none, or with `own_pair` the duel itself
+        (winner against loser). Why: a DAP step learns most from the best candidate against a
+        clearly worse one (benchmarks/sea_oracle_erm.py --noise 0); the oracle finds the better of
+        the ERM's top two, and the ERM is surest about which candidates are worst."""
         idx = torch.tensor(rows, dtype=torch.long)
         first, second = sel.choice.first[idx], sel.choice.second[idx]
-        winner = torch.where(first_wins, first, second)
+        winner, loser = torch.where(first_wins, first, second).tolist(), torch.where(first_wins, second, first).tolist()
         others = sel.mask[idx].clone()
         at = torch.arange(len(rows))
         others[at, first], others[at, second] = False, False
-        worst = sel.rewards[:, idx].mean(0).masked_fill(~others, float("inf")).argmin(1)  # (n,)
-        none = ~others.any(1)
-        worst = torch.where(none, torch.where(first_wins, second, first), worst)  # the loser, if asked for
-        keep = (torch.arange(len(rows)) if own_pair else (~none).nonzero().squeeze(1))[:wanted].tolist()
-        prompts = [rows[i] for i in keep]
+        mean = sel.rewards[:, idx].mean(0).masked_fill(~others, float("inf"))  # (n, M)
+        worst = mean.argsort(dim=1, stable=True)[:, :per_duel]  # (n, N): ties go to the earlier candidate
+        real = torch.gather(others, 1, worst)
+        picked = []  # (prompt, chosen, rejected) candidate indices
+        for i, r in enumerate(rows):
+            against = worst[i][real[i]].tolist() or ([loser[i]] if own_pair else [])
+            picked += [(r, winner[i], c) for c in against]
+        picked = picked[:wanted]
         return Preferences(
-            prompts=[sel.candidates.prompts[r] for r in prompts],
-            chosen=[sel.candidates.responses[r][c] for r, c in zip(prompts, winner[keep].tolist())],
-            rejected=[sel.candidates.responses[r][c] for r, c in zip(prompts, worst[keep].tolist())],
+            prompts=[sel.candidates.prompts[r] for r, _, _ in picked],
+            chosen=[sel.candidates.responses[r][c] for r, c, _ in picked],
+            rejected=[sel.candidates.responses[r][c] for r, _, c in picked],
         )
 
     # -- learning -------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -137,20 +138,26 @@ def test_anchored_pairs_put_the_oracles_winner_against_the_erms_worst_other_cand
     assert explorer.anchored_pairs(sel, [2, 1, 0], torch.tensor([True, False, True]), wanted=1).prompts == ["x1"]
     own = explorer.anchored_pairs(sel, [2, 1, 0], torch.tensor([True, False, True]), wanted=5, own_pair=True)
     assert (own.prompts, own.chosen, own.rejected) == (["x2", "x1", "x0"], ["i", "g", "a"], ["j", "e", "d"])  # x2: its duel
+    # --erm-anchors 2: the winner against the two worst others, worst first (x1: e at -3, then h at 0;
+    # x0: d at -1, then c at 0), cut at `wanted`
+    two = explorer.anchored_pairs(sel, [2, 1, 0], torch.tensor([True, False, True]), wanted=3, per_duel=2)
+    assert (two.prompts, two.chosen, two.rejected) == (["x1", "x1", "x0"], ["g", "g", "a"], ["e", "h", "d"])
 
 
-@pytest.mark.parametrize("anchor_only", [False, True])
-def test_anchored_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp_path, task_cfg, monkeypatch, anchor_only):
-    """--erm-anchor adds one anchored pair per duel beside the oracle's; --anchor-only learns each duel
-    after burn-in as its anchored pair alone (the duel itself only where its prompt has no third
-    candidate), the last batch short where the budget ends."""
+@pytest.mark.parametrize("anchor_only, anchors", [(False, 1), (True, 1), (False, 2)])
+def test_anchored_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp_path, task_cfg, monkeypatch, anchor_only, anchors):
+    """--erm-anchor adds one anchored pair per duel beside the oracle's (--erm-anchors N: up to N,
+    each against another candidate); --anchor-only learns each duel after burn-in as its anchored
+    pair alone (the duel itself only where its prompt has no third candidate), the last batch
+    short where the budget ends."""
     batches, asked = watch_learner_and_oracle(monkeypatch)
     burn_in, budget = (16, 40) if anchor_only else (0, 48)
     cfg = TrainConfig(
-        agent="sea", num_candidates=6, burn_in=burn_in, gamma=0.5, batch_size=16, budget=budget, eval_every=budget,
-        out=str(tmp_path / "r"), anchor_only=anchor_only,
+        agent="sea", num_candidates=6, burn_in=burn_in, gamma=0.5 if anchors == 1 else 0.34, batch_size=16, budget=budget,
+        eval_every=budget, out=str(tmp_path / "r"), anchor_only=anchor_only,
     )  # fmt: skip
-    summary = train(small_run(cfg, task_cfg, erm=ERMConfig(erm_heads=4, erm_hidden=16, erm_anchor=True)))
+    erm = ERMConfig(erm_heads=4, erm_hidden=16, erm_anchor=True, erm_anchors=anchors)
+    summary = train(small_run(cfg, task_cfg, erm=erm))
     rows = [json.loads(x) for x in (tmp_path / "r" / "queries.jsonl").read_text().splitlines()]
     assert summary["queries"] == len(rows) == len(asked) == budget
     assert len({r["prompt"] for r in rows}) == len(rows)  # each prompt asked once: it names its duel below
@@ -167,6 +174,10 @@ def test_anchored_erm_pairs_never_reach_the_oracle_the_budget_nor_the_ledger(tmp
         assert len(erm_pairs) >= 20  # all but the duels without a third candidate
     else:
         assert erm_pairs and sum(len(b) for b in batches) == 48 + len(erm_pairs)
+        per_prompt = Counter(x for x, _, _ in erm_pairs)
+        assert max(per_prompt.values()) == anchors and len(set(erm_pairs)) == len(erm_pairs)  # N others, each once
+        if anchors == 2:  # 5 oracle pairs a step, up to 10 anchored beside them: more than one per oracle label
+            assert len(batches) == 10 and all(len(b) <= 15 for b in batches) and len(erm_pairs) > budget
     state = read_checkpoint(tmp_path / "r" / "checkpoints" / "last")
     assert len(state["explorer"]["erm"]["chosen"]) == budget  # the ERM's own data: oracle labels only
 
@@ -202,6 +213,10 @@ def test_training_oracle_pm_labels_by_the_prior_and_evaluation_stays_the_oracles
         (["--agent", "sea-noalign", "--erm-anchor"], "--erm-anchor applies to the ERM-labelled pairs of a self-aligning agent"),
         (["--agent", "sea", "--erm-anchor", "--erm-soft-labels"], "--erm-soft-labels weighs a sampled head's own pairs"),
         (["--agent", "sea", "--erm-anchor", "--gamma", "0.3"], "--gamma must be at least 0.5, got 0.3"),
+        (["--agent", "sea", "--erm-anchor", "--erm-anchors", "2", "--gamma", "0.3"], "at most 2 ERM-labelled pairs per oracle duel (--erm-anchors): --gamma must be at least 0.333, got 0.3"),
+        (["--agent", "sea", "--erm-anchors", "2"], "--erm-anchors sets how many pairs --erm-anchor makes per oracle duel: add --erm-anchor"),
+        (["--agent", "sea", "--erm-anchor", "--erm-anchors", "0"], "--erm-anchors must be at least 1, got 0"),
+        (["--agent", "sea", "--erm-anchor", "--anchor-only", "--erm-anchors", "2"], "--anchor-only learns each duel as one anchored pair: drop --erm-anchors 2"),
         (["--agent", "sea", "--anchor-only"], "--anchor-only learns the pairs of --erm-anchor: add it"),
         (["--agent", "sea", "--erm-anchor", "--anchor-only", "--gamma", "0.7"], "whatever --gamma says: drop --gamma"),
         (["--agent", "sea", "--erm-pooling", "tokens", "--budget", "3000000"], "--erm-pooling tokens would keep"),

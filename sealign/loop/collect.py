@@ -117,7 +117,7 @@ def collect(s: Session, target: int, erm_wanted: int) -> Preferences:
                 rows = []
                 if kept and erm_wanted > len(erm_batch):
                     pairs = s.explorer.anchored_pairs(
-                        sel, kept, answered.first_wins, erm_wanted - len(erm_batch), own_pair=s.cfg.anchor_only
+                        sel, kept, answered.first_wins, erm_wanted - len(erm_batch), s.cfg.anchor_only, s.run.erm.erm_anchors
                     )
                     erm_batch = erm_batch + pairs
             elif rows and erm_wanted > len(erm_batch):
