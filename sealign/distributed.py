@@ -30,6 +30,7 @@ from sealign.oracles.base import Oracle, PairwiseOracle
 from sealign.records import Candidates
 
 MAX_REISSUES = 5  # the same call failing this often means the actor dies of its work, not by accident
+RESTART_WAIT_S = 300.0  # a restarting actor reloads its model: slow on a loaded machine, but not forever
 
 
 def connect(cfg: BackendConfig) -> None:
@@ -77,15 +78,22 @@ def gather(calls: Sequence[tuple[int, Callable[[], Any]]], refs: list, incarnati
     queues it until the actor is back."""
     out = []
     for (k, issue), ref in zip(calls, refs):
-        for attempt in range(MAX_REISSUES + 1):
+        failures, restart_deadline = 0, None
+        while True:
             try:
                 pid, result = ray.get(ref)
                 break
             except RayActorError as e:
-                if attempt == MAX_REISSUES:
-                    raise SealignError(f"Ray actor {k} failed {attempt + 1} times on the same work: {str(e).splitlines()[0]}") from None
-                if isinstance(e, ActorUnavailableError):
-                    time.sleep(0.5)  # restarting: give it a moment
+                first_line = str(e).splitlines()[0]
+                if isinstance(e, ActorUnavailableError):  # restarting: wait for it, however many tries that takes
+                    restart_deadline = restart_deadline or time.monotonic() + RESTART_WAIT_S
+                    if time.monotonic() > restart_deadline:
+                        raise SealignError(f"Ray actor {k} did not come back within {RESTART_WAIT_S:g} s: {first_line}") from None
+                    time.sleep(0.5)
+                else:
+                    failures += 1
+                    if failures > MAX_REISSUES:
+                        raise SealignError(f"Ray actor {k} failed {failures} times on the same work: {first_line}") from None
                 ref = issue()
         incarnations.seen(k, pid)
         out.append(result)

@@ -143,3 +143,34 @@ def test_a_ray_run_resumes_from_its_checkpoint_with_the_prefetched_batch(cluster
     summary = run(tmp_path / "r", task_cfg, resume=True, backend="ray", oracle_actors=0)
     assert summary["labels_asked_this_session"] == 0 and summary["replay_mismatches"] == 0
     assert ledger(tmp_path / "r") == local_ledgers["async"]
+
+
+def test_a_restarting_actor_is_waited_for_and_one_that_keeps_dying_is_given_up(monkeypatch):
+    """A restart (the actor reloading its model) may take many tries on a loaded machine: it is
+    waited for, not counted; the same call killing its actor again and again stops the run."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    from sealign import distributed
+
+    monkeypatch.setattr(distributed.time, "sleep", lambda s: None)
+    outcomes = iter([ActorUnavailableError("restarting", None)] * 3 * distributed.MAX_REISSUES + [(7, "done")])
+
+    def get(ref):
+        got = next(outcomes)
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    monkeypatch.setattr(distributed.ray, "get", get)
+    issued = []
+    incarnations = distributed.Incarnations(1)
+    assert distributed.gather([(0, lambda: issued.append(1))], [None], incarnations) == ["done"]
+    assert len(issued) == 3 * distributed.MAX_REISSUES  # re-issued after every failed wait
+    monkeypatch.setattr(distributed.ray, "get", lambda ref: (_ for _ in ()).throw(RayActorError()))
+    with pytest.raises(distributed.SealignError, match=f"Ray actor 0 failed {distributed.MAX_REISSUES + 1} times on the same work"):
+        distributed.gather([(0, lambda: None)], [None], incarnations)
+    clock = iter([0.0, distributed.RESTART_WAIT_S + 1])
+    monkeypatch.setattr(distributed.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(distributed.ray, "get", lambda ref: (_ for _ in ()).throw(ActorUnavailableError("restarting", None)))
+    with pytest.raises(distributed.SealignError, match="did not come back within 300 s"):
+        distributed.gather([(0, lambda: None)], [None], incarnations)
