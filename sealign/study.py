@@ -348,6 +348,7 @@ def run_study(
     they finish (a rerun of the study skips them), and then the failures are raised together."""
     tasks = [(run_folder(out, arm, seed), arm, seed) for arm in arms for seed in seeds]
     start = time.perf_counter()
+    failures: list[str] = []
 
     with progress_bar(not quiet) as bar:
 
@@ -366,7 +367,6 @@ def run_study(
             now = time.perf_counter()
             echo(f"{where}{arm.label} seed {seed}: {status} ({now - began:.0f} s; {now - start:.0f} s into the study)")
 
-        failures: list[str] = []
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             for future in [pool.submit(work, t) for t in tasks]:
                 future.result()
