@@ -150,14 +150,16 @@ class Explorer:
 
     def anchored_pairs(
         self, sel: Selection, rows: list[int], first_wins: Tensor, wanted: int, own_pair: bool = False, per_duel: int = 1
-    ) -> Preferences:
+    ) -> tuple[Preferences, list[bool]]:
         """B_ERM anchored on the oracle (beyond the paper): for the duels of prompts `rows`, labelled
         `first_wins`, the oracle's winner against each of the `per_duel` ensemble-mean worst
         candidates of the same prompt other than the duel's two, worst first; at most `wanted`, in
         order. Where no third distinct candidate exists: none, or with `own_pair` the duel itself
         (winner against loser). Why: a DAP step learns most from the best candidate against a
         clearly worse one (benchmarks/sea_oracle_erm.py --noise 0); the oracle finds the better of
-        the ERM's top two, and the ERM is surest about which candidates are worst."""
+        the ERM's top two, and the ERM is surest about which candidates are worst. Returns the
+        pairs and, for each, whether the ERM chose its rejected response (False: the duel itself,
+        the oracle's own label, which the ERM's label accuracy must not count)."""
         idx = torch.tensor(rows, dtype=torch.long)
         first, second = sel.choice.first[idx], sel.choice.second[idx]
         winner, loser = torch.where(first_wins, first, second).tolist(), torch.where(first_wins, second, first).tolist()
@@ -167,16 +169,17 @@ class Explorer:
         mean = sel.rewards[:, idx].mean(0).masked_fill(~others, float("inf"))  # (n, M)
         worst = mean.argsort(dim=1, stable=True)[:, :per_duel]  # (n, N): ties go to the earlier candidate
         real = torch.gather(others, 1, worst)
-        picked = []  # (prompt, chosen, rejected) candidate indices
+        picked = []  # (prompt, chosen, rejected) candidate indices, and whether the ERM chose it
         for i, r in enumerate(rows):
-            against = worst[i][real[i]].tolist() or ([loser[i]] if own_pair else [])
-            picked += [(r, winner[i], c) for c in against]
+            against = worst[i][real[i]].tolist()
+            picked += [(r, winner[i], c, True) for c in against] or ([(r, winner[i], loser[i], False)] if own_pair else [])
         picked = picked[:wanted]
-        return Preferences(
-            prompts=[sel.candidates.prompts[r] for r, _, _ in picked],
-            chosen=[sel.candidates.responses[r][c] for r, c, _ in picked],
-            rejected=[sel.candidates.responses[r][c] for r, _, c in picked],
+        pairs = Preferences(
+            prompts=[sel.candidates.prompts[r] for r, _, _, _ in picked],
+            chosen=[sel.candidates.responses[r][c] for r, c, _, _ in picked],
+            rejected=[sel.candidates.responses[r][c] for r, _, c, _ in picked],
         )
+        return pairs, [by_erm for *_, by_erm in picked]
 
     # -- learning -------------------------------------------------------------------------------
 

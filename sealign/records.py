@@ -95,6 +95,10 @@ class Preferences:
             rejected=[b if w else a for a, b, w in zip(duels.first, duels.second, z)],
         )
 
+    def subset(self, indices: list[int]) -> "Preferences":
+        confidence = None if self.confidence is None else [self.confidence[i] for i in indices]
+        return Preferences([self.prompts[i] for i in indices], [self.chosen[i] for i in indices], [self.rejected[i] for i in indices], confidence)
+
     def __add__(self, other: "Preferences") -> "Preferences":
         confidence = None if self.confidence is None and other.confidence is None else self.probabilities() + other.probabilities()
         return Preferences(self.prompts + other.prompts, self.chosen + other.chosen, self.rejected + other.rejected, confidence)

@@ -131,17 +131,18 @@ def test_anchored_pairs_put_the_oracles_winner_against_the_erms_worst_other_cand
     sel = Selection(cands, choice, Duels.pick(cands, choice.first, choice.second), cands.first_occurrences(), rewards, None, [0, 1, 2])
     explorer = Explorer("ee_ts", 0)
     # labels of the duels of prompts 2, 1, 0 in that order (the order the oracle was asked in)
-    pairs = explorer.anchored_pairs(sel, [2, 1, 0], torch.tensor([True, False, True]), wanted=5)
+    pairs, by_erm = explorer.anchored_pairs(sel, [2, 1, 0], torch.tensor([True, False, True]), wanted=5)
     # x1: the oracle prefers g (the second); e is the mean's worst. x0: the oracle prefers a; of c
     # and d the mean puts d lowest. x2 has no third distinct candidate: no pair
-    assert (pairs.prompts, pairs.chosen, pairs.rejected) == (["x1", "x0"], ["g", "a"], ["e", "d"])
-    assert explorer.anchored_pairs(sel, [2, 1, 0], torch.tensor([True, False, True]), wanted=1).prompts == ["x1"]
-    own = explorer.anchored_pairs(sel, [2, 1, 0], torch.tensor([True, False, True]), wanted=5, own_pair=True)
+    assert (pairs.prompts, pairs.chosen, pairs.rejected, by_erm) == (["x1", "x0"], ["g", "a"], ["e", "d"], [True, True])
+    assert explorer.anchored_pairs(sel, [2, 1, 0], torch.tensor([True, False, True]), wanted=1)[0].prompts == ["x1"]
+    own, by_erm = explorer.anchored_pairs(sel, [2, 1, 0], torch.tensor([True, False, True]), wanted=5, own_pair=True)
     assert (own.prompts, own.chosen, own.rejected) == (["x2", "x1", "x0"], ["i", "g", "a"], ["j", "e", "d"])  # x2: its duel
+    assert by_erm == [False, True, True]  # x2's pair is the oracle's label: not the ERM's to be scored on
     # --erm-anchors 2: the winner against the two worst others, worst first (x1: e at -3, then h at 0;
     # x0: d at -1, then c at 0), cut at `wanted`
-    two = explorer.anchored_pairs(sel, [2, 1, 0], torch.tensor([True, False, True]), wanted=3, per_duel=2)
-    assert (two.prompts, two.chosen, two.rejected) == (["x1", "x1", "x0"], ["g", "g", "a"], ["e", "h", "d"])
+    two, by_erm = explorer.anchored_pairs(sel, [2, 1, 0], torch.tensor([True, False, True]), wanted=3, per_duel=2)
+    assert (two.prompts, two.chosen, two.rejected, by_erm) == (["x1", "x1", "x0"], ["g", "g", "a"], ["e", "h", "d"], [True] * 3)
 
 
 @pytest.mark.parametrize("anchor_only, anchors", [(False, 1), (True, 1), (False, 2)])

@@ -112,14 +112,15 @@ def collect(s: Session, target: int, erm_wanted: int) -> Preferences:
             s.asked, s.replay_mismatches = s.asked + answered.asked, s.replay_mismatches + answered.mismatches
         with state.timer("select"):
             figures = s.explorer.observe(sel, kept, answered.first_wins) if kept else {}
-            pairs = None
+            pairs = None  # the ERM's own labels of this batch, for `diagnose`
             if s.anchored:
                 rows = []
                 if kept and erm_wanted > len(erm_batch):
-                    pairs = s.explorer.anchored_pairs(
+                    anchored, by_erm = s.explorer.anchored_pairs(
                         sel, kept, answered.first_wins, erm_wanted - len(erm_batch), s.cfg.anchor_only, s.run.erm.erm_anchors
                     )
-                    erm_batch = erm_batch + pairs
+                    erm_batch = erm_batch + anchored
+                    pairs = anchored.subset([i for i, chosen in enumerate(by_erm) if chosen])
             elif rows and erm_wanted > len(erm_batch):
                 pairs, rows = s.explorer.erm_labelled(sel, rows, erm_wanted - len(erm_batch))
                 erm_batch = erm_batch + pairs
