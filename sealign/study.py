@@ -484,16 +484,18 @@ def _panel_report(curves: Sequence[Curve], marks: int = 5) -> list[str]:
     lines += [
         "",
         f"Queries to reach {', '.join(f'{s:.0%}' for s in LEVELS)} of {base.label}'s final gain over pi_ref "
-        f"(mean curves, interpolated; ratio = arm / {base.label} at 100 %):",
+        f"(mean curves, interpolated; ratio = arm / {base.label} at 100 %, which can be below the budget "
+        f"where {base.label}'s curve touches its final level early; ÷ budget = arm / {end} queries):",
         "",
-        "| arm | " + " | ".join(f"{s:.0%} ({lv:.3f})" for s, lv in zip(LEVELS, levels)) + " | ratio |",
-        "|---|" + "---|" * (len(levels) + 1),
+        "| arm | " + " | ".join(f"{s:.0%} ({lv:.3f})" for s, lv in zip(LEVELS, levels)) + " | ratio | ÷ budget |",
+        "|---|" + "---|" * (len(levels) + 2),
     ]
     for c in curves:
         cells = ["not reached" if q is None else f"{q:.0f}" for q in need[c.label]]
         own, ref = need[c.label][-1], need[base.label][-1]
         ratio = "-" if own is None or not ref else f"{own / ref:.2f}x"
-        lines.append(f"| {c.label} | " + " | ".join(cells) + f" | {ratio} |")
+        of_budget = "-" if own is None else f"{own / end:.2f}x"
+        lines.append(f"| {c.label} | " + " | ".join(cells) + f" | {ratio} | {of_budget} |")
     return lines
 
 

@@ -170,10 +170,23 @@ def test_aggregate_levels_report_and_csv_from_run_folders(tmp_path):
     assert level_queries([sea, online], (1.5,))[1]["online"] == [None]  # not reached
     text = report(study, [sea, online], [0, 1])
     assert "| sea | 0.800 ± 0.010 | +0.300 |" in text
-    assert "| sea | 250 | 375 | 500 | 0.50x |" in text and "| online | 500 | 750 | 1000 | 1.00x |" in text
+    assert "| sea | 250 | 375 | 500 | 0.50x | 0.50x |" in text and "| online | 500 | 750 | 1000 | 1.00x | 1.00x |" in text
     write_csv([sea, online], tmp_path / "c.csv", "win_rate", 2)
     rows = list(csv.DictReader(open(tmp_path / "c.csv")))
     assert len(rows) == 6 and rows[1] == {"panel": "", "arm": "sea", "metric": "win_rate", "queries": "500", "mean": "0.700000", "se": "0.010000", "seeds": "2"}
+
+
+def test_report_divides_by_the_baselines_first_crossing_and_by_the_budget():
+    """A baseline whose mean curve touches its final level early (0.75 at 500, 0.70 at the end):
+    the ratio divides by that first crossing (interpolated: 400 queries), the other column by the
+    budget, and the two differ."""
+    online = Curve("online", "", [0, 500, 1000], [0.5, 0.75, 0.7], [float("nan")] * 3, [0.7], [0.6], [1.0], agent="online")
+    sea = Curve("sea", "", [0, 500, 1000], [0.5, 0.6, 0.8], [float("nan")] * 3, [0.8], [0.6], [1.0], agent="sea")
+    assert level_queries([sea, online])[1]["sea"][-1] == pytest.approx(750.0)
+    study = study_from_spec("s", {"title": "t", "arms": {"sea": "--agent sea", "online": "--agent online"}})
+    text = report(study, [sea, online], [0])
+    assert "| online | 200 | 300 | 400 | 1.00x | 0.40x |" in text
+    assert "| sea | 500 | 625 | 750 | 1.88x | 0.75x |" in text
 
 
 def test_report_says_when_a_level_is_not_reached(tmp_path):
