@@ -69,17 +69,16 @@ def main() -> None:
     per_token = CONFIGS["per-token heads: input embedding + log-prob, summed"]
     grid = {name: (per_token, erm) for name, erm in KNOBS.items()} if args.knobs else {name: (c, {}) for name, c in CONFIGS.items()}
     features = {}  # Backbone settings -> (train pairs, held-out pairs, tokens): --knobs reuses one
+    zt, round_size = z[:n, None], 16 if args.knobs else 32
     for name, (settings, erm) in grid.items():
         t = time.time()
         key = tuple(settings.items())
         if key not in features:
             backbone = Backbone(data["reference"], layer=0, tokens=tokens if settings["pooling"] == "tokens" else 0, **settings)
             fa, fb = backbone.features(data["prompts"], data["first"]), backbone.features(data["prompts"], data["second"])
-            zt = z[:n, None]
             train = (torch.where(zt, fa[:n], fb[:n]), torch.where(zt, fb[:n], fa[:n]))
             features[key] = train, (fa[held], fb[held], z[held]), backbone.tokens
         train, test, n_tokens = features[key]
-        round_size = 16 if args.knobs else 32
         runs = [run(Spec(name, erm=erm), train, test, seed, round_size, n_tokens) for seed in range(args.seeds)]
         cells = []
         for c in CHECKPOINTS:
