@@ -397,6 +397,14 @@ class ERMConfig:
         default=False,
         metadata=_help("append the sum, mean and min of the backbone's log-probs of the response tokens (a causal LM)"),
     )
+    erm_grounding: bool = field(
+        default=False,
+        metadata=_help(
+            "beyond the paper, with --erm-pooling tokens: append to each token's states their largest cosine similarity to the "
+            "prompt's token states and to the earlier response tokens' (BERTScore's greedy matching, at --erm-layer): how "
+            "closely the token is copied from the prompt, or repeats itself"
+        ),
+    )
 
     erm_gate: Optional[float] = field(
         default=None,
@@ -448,6 +456,10 @@ class ERMConfig:
         _require(
             self.erm_pooling in (None, "mean", "sum", "last", "tokens"),
             f"unknown --erm-pooling {self.erm_pooling!r} (known: mean, sum, last, tokens)",
+        )
+        _require(
+            not self.erm_grounding or self.erm_pooling == "tokens",
+            "--erm-grounding adds features to each response token: it needs --erm-pooling tokens",
         )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,34 @@ def per_token(x: Tensor, mask: Tensor, tokens: int) -> Tensor:
     return rows.flatten(1)
 
 
+def grounding(embeddings: Tensor, ids: Tensor, mask: Tensor, prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor:
+    """Per token of `ids` (B, T), the largest cosine similarity of its input embedding to those of
+    the prompt's tokens (`prompt_ids` (B, Tp) where `prompt_mask`) and to those of the earlier
+    tokens in `mask` (B, T): BERTScore's greedy matching, read as how closely a response token is
+    copied from the prompt and whether it repeats one before it. -1 where there is nothing to
+    match. `embeddings` (V, d) is the backbone's input embedding table; returns (B, T, 2)."""
+    e = F.normalize(embeddings.float(), dim=-1)
+    y, x = e[ids], e[prompt_ids]  # (B, T, d), (B, Tp, d)
+    to_prompt = (y @ x.transpose(1, 2)).masked_fill(~prompt_mask[:, None, :], -1.0).amax(-1)
+    before = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool, device=ids.device).tril(-1)  # j < i
+    to_earlier = (y @ y.transpose(1, 2)).masked_fill(~(before & mask[:, None, :]), -1.0).amax(-1)
+    return torch.stack([to_prompt, to_earlier], -1)
+
+
+class Reading(NamedTuple):
+    """What a backbone's pass over (prompt, response) pairs yields: hidden states at the chosen
+    layer (b, T, d), log-probs of each token given those before it (b, T; None unless asked),
+    the response mask (b, T), the token ids at those positions (b, T), and each pair's prompt ids
+    (b, Tp) with their mask (b, Tp)."""
+
+    hidden: Tensor
+    logp: Tensor | None
+    mask: Tensor
+    ids: Tensor
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+
+
 def token_logprob_stats(logp: Tensor, mask: Tensor) -> Tensor:
     """Sum, mean and min of per-token log-probs `logp` (B, T) over the positions in `mask` (B, T);
     returns (B, 3)."""
@@ -80,7 +108,9 @@ class Backbone:
     and sums the scores, a form that can express a reward summed over words (the built-in
     task's), where an MLP on a pooled vector stalls (benchmarks/erm_token_heads.py). A response
     counts its first `tokens` tokens; the features of one response are `tokens` × (d + 1)
-    numbers (with log-probs, each token's own log-prob is one of its d features).
+    numbers (with log-probs, each token's own log-prob is one of its d features). `grounding`
+    appends to each token's features its two `grounding` similarities (copied from the prompt,
+    repeated): a tiny backbone's states tell a copied word from a foreign one only faintly.
     """
 
     def __init__(
@@ -93,6 +123,7 @@ class Backbone:
         layer: int = -1,
         logprobs: bool = False,
         tokens: int = 0,
+        grounding: bool = False,
     ):
         try:
             auto = AutoModelForCausalLM if logprobs else AutoModel
@@ -106,9 +137,13 @@ class Backbone:
             raise SealignError(f"--erm-layer {layer} is out of range: backbone {str(path)!r} has hidden states 0..{layers - 1}")
         if (pooling == "tokens") != (tokens > 0):
             raise ValueError("pooling 'tokens' takes the response length limit `tokens`, and only it does")
+        if grounding and not tokens:
+            raise ValueError("grounding features are per token: they need pooling 'tokens'")
         self.tokens = tokens
+        self.grounding = grounding
         d = self.model.config.hidden_size
-        self.width: int = tokens * (d + logprobs + 1) if tokens else d + 3 * logprobs  # per token: states, log-prob, mask
+        # per token: states, log-prob, the two grounding similarities, mask
+        self.width: int = tokens * (d + logprobs + 2 * grounding + 1) if tokens else d + 3 * logprobs
         self.pooling = pooling
         self.batch_size = batch_size
         self.layer = layer
@@ -121,31 +156,33 @@ class Backbone:
         read = self._after_shared_prompt if is_decoder(self.model) else self._whole
         out = []
         for start in range(0, len(prompts), self.batch_size):
-            hidden, logp, mask = read(prompts[start : start + self.batch_size], responses[start : start + self.batch_size])
+            r = read(prompts[start : start + self.batch_size], responses[start : start + self.batch_size])
             if self.tokens:
-                x = hidden.float() if logp is None else torch.cat([hidden.float(), logp[..., None].float()], -1)
-                feats = per_token(x, mask, self.tokens)  # (b, tokens * (d + 1))
+                parts = [r.hidden.float()] + ([] if r.logp is None else [r.logp[..., None].float()])
+                if self.grounding:
+                    table = self.model.get_input_embeddings().weight
+                    parts.append(grounding(table, r.ids, r.mask, r.prompt_ids, r.prompt_mask))
+                feats = per_token(torch.cat(parts, -1), r.mask, self.tokens)  # (b, tokens * (d + 1))
             else:
-                feats = pool(hidden.float(), mask, self.pooling)  # (b, d)
+                feats = pool(r.hidden.float(), r.mask, self.pooling)  # (b, d)
                 if self.logprobs:
-                    feats = torch.cat([feats, token_logprob_stats(logp, mask)], 1)
+                    feats = torch.cat([feats, token_logprob_stats(r.logp, r.mask)], 1)
             out.append(feats.cpu())  # the heads live on the CPU
         return torch.cat(out)
 
-    def _whole(self, prompts: Sequence[str], responses: Sequence[str]) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Each prompt + response read whole: hidden states at `layer` (b, T, d), log-probs of each
-        token given those before it (b, T; None without `logprobs`) and the response mask (b, T)."""
+    def _whole(self, prompts: Sequence[str], responses: Sequence[str]) -> Reading:
+        """Each prompt + response read whole (T: the longest of them); the prompt's positions are
+        those before the response."""
         batch = {k: v.to(self.model.device) for k, v in encode_pairs(self.tokenizer, prompts, responses).items()}
         ids = batch["input_ids"]
         res = self.model(input_ids=ids, attention_mask=batch["attention_mask"], output_hidden_states=True)
         logp = None
         if self.logprobs:  # position 0, which nothing predicts, is never a response token
             logp = F.pad(token_logprobs(res.logits[:, :-1], ids[:, 1:]), (1, 0))
-        return res.hidden_states[self.layer], logp, batch["response_mask"]
+        mask = batch["response_mask"]
+        return Reading(res.hidden_states[self.layer], logp, mask, ids, ids, batch["attention_mask"].bool() & ~mask)
 
-    def _after_shared_prompt(
-        self, prompts: Sequence[str], responses: Sequence[str]
-    ) -> tuple[Tensor, Tensor | None, Tensor]:
+    def _after_shared_prompt(self, prompts: Sequence[str], responses: Sequence[str]) -> Reading:
         """As `_whole`, over the response tokens only (T = longest response + <eos>), with each
         distinct prompt read once and its key/value cache shared by its responses: the prompts
         are most of the tokens, and the explorer scores M candidates per prompt."""
@@ -172,7 +209,7 @@ class Backbone:
         logp = None
         if self.logprobs:  # the prompt's last token predicts the first response token
             logp = token_logprobs(torch.cat([head.logits[row, -1:], res.logits[:, :-1]], 1), ids)  # (b, T)
-        return res.hidden_states[self.layer], logp, mask
+        return Reading(res.hidden_states[self.layer], logp, mask, ids, enc["input_ids"][row], seen.bool())
 
 
 # ---- the ensemble as pure functions of a parameter dict ----------------------------------

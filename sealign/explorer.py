@@ -78,6 +78,7 @@ class Explorer:
                 layer=erm_cfg.erm_layer,
                 logprobs=erm_cfg.erm_logprobs,
                 tokens=response_tokens if pooling == "tokens" else 0,
+                grounding=erm_cfg.erm_grounding,
             )
             self.erm = EpistemicRewardModel(self.backbone.width, erm_cfg, seed, self.backbone.tokens)
 

@@ -17,6 +17,7 @@ from sealign.erm import (
     bradley_terry_nll,
     ensemble_rewards,
     erm_loss,
+    grounding,
     head_mlp,
     init_heads,
     per_token,
@@ -170,10 +171,10 @@ def test_decoder_backbone_reads_each_prompt_once_with_the_same_features(task, sa
     prompts, responses = [p, p, q, p, q], ["apple", "river apple", "", "apple apple apple", "stone"]
     for backbone in (Backbone(path), Backbone(path, "last", layer=2, logprobs=True), Backbone(path, "sum", layer=0, logprobs=True)):
         shared = backbone.features(prompts, responses)
-        hidden, logp, mask = backbone._whole(prompts, responses)
-        whole = pool(hidden, mask, backbone.pooling)
+        r = backbone._whole(prompts, responses)
+        whole = pool(r.hidden, r.mask, backbone.pooling)
         if backbone.logprobs:
-            whole = torch.cat([whole, token_logprob_stats(logp, mask)], 1)
+            whole = torch.cat([whole, token_logprob_stats(r.logp, r.mask)], 1)
         assert shared.shape == (5, backbone.width)
         assert torch.allclose(shared, whole, atol=1e-5)
 
@@ -237,10 +238,46 @@ def test_per_token_features_are_the_response_tokens_in_order(saved_reference):
     summed = Backbone(path, "sum", layer=0, logprobs=True).features(prompts, responses)
     assert torch.allclose(rows[..., :d].sum(1), summed[:, :d], atol=1e-5)
     assert torch.allclose(rows[..., d].sum(1), summed[:, d], atol=1e-5)  # Σ_t log pi(y_t | ...)
-    hidden, logp, mask = tokens._whole(prompts, responses)
-    assert torch.allclose(per_token(torch.cat([hidden, logp[..., None]], -1), mask, 4), rows.flatten(1), atol=1e-5)
+    r = tokens._whole(prompts, responses)
+    assert torch.allclose(per_token(torch.cat([r.hidden, r.logp[..., None]], -1), r.mask, 4), rows.flatten(1), atol=1e-5)
     cut = Backbone(path, "tokens", layer=0, logprobs=True, tokens=2).features(prompts, responses).unflatten(-1, (2, d + 2))
     assert torch.equal(cut, rows[:, :2])  # a response longer than the limit keeps its first tokens
+
+
+def test_grounding_is_the_largest_embedding_similarity_to_the_prompt_and_to_earlier_tokens():
+    """Token 2 of the response is copied from the prompt (similarity 1), token 3 repeats token 2;
+    the first token has nothing before it (-1) and padding in the prompt is never matched."""
+    table = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [-1.0, 0.0]])  # ids 0..3
+    ids = torch.tensor([[1, 2, 2, 0]])
+    mask = torch.tensor([[True, True, True, False]])
+    prompt_ids, prompt_mask = torch.tensor([[3, 2, 0]]), torch.tensor([[True, True, False]])
+    g = grounding(table, ids, mask, prompt_ids, prompt_mask)
+    c = 2**-0.5  # cos between (0, 2) and (1, 1)
+    assert torch.allclose(g[0, :3], torch.tensor([[c, -1.0], [1.0, c], [1.0, 1.0]]))
+    assert g[0, 3, 0].item() == pytest.approx(c)  # id 0 is the prompt's padding: not a match
+
+
+def test_backbone_grounding_features_mark_copied_and_repeated_tokens(saved_reference):
+    """With --erm-grounding each token carries [states, log-prob, copied, repeated, mask]: a post
+    word scores 1 against the prompt, a repeat 1 against the tokens before it, and reading each
+    prompt once gives the same rows as reading every pair whole."""
+    path, d = saved_reference[2], saved_reference[0].config.n_embd
+    prompts, responses = ["alpha beta TL;DR:"] * 2 + ["gamma TL;DR:"], ["beta", "apple beta beta", ""]
+    backbone = Backbone(path, "tokens", layer=0, logprobs=True, tokens=4, grounding=True)
+    assert backbone.width == 4 * (d + 4)
+    rows = backbone.features(prompts, responses).unflatten(-1, (4, d + 4))
+    copied, repeated, mask = rows[..., d + 1], rows[..., d + 2], rows[..., d + 3]
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert copied[0, 0].item() == pytest.approx(1.0) and repeated[0, 0].item() == -1.0  # "beta": in the post, first
+    assert copied[1, 0] < 1 and copied[1, 1:3].tolist() == pytest.approx([1.0, 1.0])  # "apple" is not in the post
+    assert repeated[1, 2].item() == pytest.approx(1.0) and repeated[1, 1] < 1  # the second "beta" repeats the first
+    r = backbone._whole(prompts, responses)
+    table = backbone.model.get_input_embeddings().weight
+    g = grounding(table, r.ids, r.mask, r.prompt_ids, r.prompt_mask)
+    whole = per_token(torch.cat([r.hidden, r.logp[..., None], g], -1), r.mask, 4)
+    assert torch.allclose(whole, rows.flatten(1), atol=1e-5)
+    with pytest.raises(ValueError, match="need pooling 'tokens'"):
+        Backbone(path, "mean", grounding=True)
 
 
 def test_explorer_with_per_token_pooling_learns_and_scores(saved_reference):
