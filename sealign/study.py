@@ -12,6 +12,7 @@ common, and a finished run is never run twice.
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import math
@@ -295,8 +296,17 @@ RUN_THREADS = 1
 DEFAULT_BUDGET = next(f.default for f in fields(TrainConfig) if f.name == "budget")
 
 
+NAME_MAX = 255  # bytes in a file name, on the common file systems
+
+
 def run_folder(out: Path, arm: Arm, seed: int) -> Path:
-    return out / "runs" / f"{arm.slug}-s{seed}"
+    """`<slug>-s<seed>`; a name too long for a file system keeps the slug's head and a hash of the
+    whole slug, so arms stay apart (every name that fits is unchanged: old runs are reused)."""
+    name = f"{arm.slug}-s{seed}"  # ASCII: one byte a character
+    if len(name) > NAME_MAX:
+        tail = f"-{hashlib.sha1(arm.slug.encode()).hexdigest()[:10]}-s{seed}"
+        name = arm.slug[: NAME_MAX - len(tail)] + tail
+    return out / "runs" / name
 
 
 def run_one(folder: Path, flags: Sequence[str], seed: int, tick: Callable[[], None] = lambda: None) -> str:

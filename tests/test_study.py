@@ -19,6 +19,8 @@ from test_cli import assert_fits_80_columns
 from sealign.cli import main
 from sealign.errors import SealignError
 from sealign.study import (
+    NAME_MAX,
+    Arm,
     Curve,
     LedgerCount,
     aggregate,
@@ -64,6 +66,19 @@ def test_flags_layer_arm_over_panel_over_study_and_command_line_over_all():
     assert a.flags == ("--agent", "online", "--beta", "0.4", "--budget", "100", "--eval-every", "10", "--size", "micro")
     assert b.option("beta", "") == "0.3" and b.panel == "p"
     assert a.slug == "agent-online-beta-0.4-budget-100-eval-every-10-size-micro"
+
+
+def test_a_run_folder_name_too_long_for_a_file_system_is_cut_and_hashed(tmp_path):
+    """A name past 255 bytes keeps a readable head and a hash of the whole slug: two arms that
+    differ only at the end get two folders, each creatable; a name that fits is never changed."""
+    long = " ".join(f"--option-{i} value-{i}" for i in range(20))
+    a, b = Arm("a", tuple((long + " --last 1").split())), Arm("b", tuple((long + " --last 2").split()))
+    fa, fb = run_folder(tmp_path, a, 1234), run_folder(tmp_path, b, 1234)
+    assert len(fa.name) == NAME_MAX and fa.name.startswith("option-0-value-0-option-1") and fa.name.endswith("-s1234")
+    assert fa != fb
+    fa.mkdir(parents=True)  # uncut: "File name too long"
+    fits = Arm("c", tuple(f"--x {'y' * (NAME_MAX - 5)}".split()))  # "x-yyy…-s0": exactly 255 bytes
+    assert run_folder(tmp_path, fits, 0).name == f"{fits.slug}-s0"
 
 
 def test_grid_expands_to_every_combination():
