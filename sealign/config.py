@@ -400,8 +400,8 @@ class ERMConfig:
     erm_grounding: bool = field(
         default=False,
         metadata=_help(
-            "beyond the paper, with --erm-pooling tokens: append to each token's states their largest cosine similarity to the "
-            "prompt's token states and to the earlier response tokens' (BERTScore's greedy matching, at --erm-layer): how "
+            "beyond the paper, with --erm-pooling tokens: append to each token's features the largest cosine similarity of "
+            "its input embedding to the prompt tokens' and to the earlier response tokens' (BERTScore's greedy matching): how "
             "closely the token is copied from the prompt, or repeats itself"
         ),
     )

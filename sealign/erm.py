@@ -56,8 +56,7 @@ def grounding(embeddings: Tensor, ids: Tensor, mask: Tensor, prompt_ids: Tensor,
     tokens in `mask` (B, T): BERTScore's greedy matching, read as how closely a response token is
     copied from the prompt and whether it repeats one before it. -1 where there is nothing to
     match. `embeddings` (V, d) is the backbone's input embedding table; returns (B, T, 2)."""
-    e = F.normalize(embeddings.float(), dim=-1)
-    y, x = e[ids], e[prompt_ids]  # (B, T, d), (B, Tp, d)
+    y, x = (F.normalize(embeddings[i].float(), dim=-1) for i in (ids, prompt_ids))  # (B, T, d), (B, Tp, d): only the rows read
     to_prompt = (y @ x.transpose(1, 2)).masked_fill(~prompt_mask[:, None, :], -1.0).amax(-1)
     before = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool, device=ids.device).tril(-1)  # j < i
     to_earlier = (y @ y.transpose(1, 2)).masked_fill(~(before & mask[:, None, :]), -1.0).amax(-1)
@@ -162,7 +161,7 @@ class Backbone:
                 if self.grounding:
                     table = self.model.get_input_embeddings().weight
                     parts.append(grounding(table, r.ids, r.mask, r.prompt_ids, r.prompt_mask))
-                feats = per_token(torch.cat(parts, -1), r.mask, self.tokens)  # (b, tokens * (d + 1))
+                feats = per_token(torch.cat(parts, -1), r.mask, self.tokens)  # (b, width)
             else:
                 feats = pool(r.hidden.float(), r.mask, self.pooling)  # (b, d)
                 if self.logprobs:

@@ -278,6 +278,8 @@ def test_backbone_grounding_features_mark_copied_and_repeated_tokens(saved_refer
     assert torch.allclose(whole, rows.flatten(1), atol=1e-5)
     with pytest.raises(ValueError, match="need pooling 'tokens'"):
         Backbone(path, "mean", grounding=True)
+    with pytest.raises(SealignError, match="--erm-grounding adds features to each response token: it needs --erm-pooling tokens"):
+        ERMConfig(erm_grounding=True)  # the flag's check, one line before any work
 
 
 def test_explorer_with_per_token_pooling_learns_and_scores(saved_reference):
