@@ -17,6 +17,7 @@ import itertools
 import json
 import math
 import os
+import random
 import re
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import tempfile
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -398,6 +399,7 @@ class Curve:
     walls: list[float]  # wall seconds per seed
     online: list[float]  # per seed: online win rate of the dueling responses, averaged over the run (E&E)
     agent: str = ""  # from summary.json; the online arm is the baseline of a panel
+    runs: list[list[float]] = field(default_factory=list)  # per seed: the metric at `queries`
 
     @property
     def reference(self) -> float:
@@ -417,6 +419,7 @@ def curve_of(label: str, folders: Sequence[Path], metric: str = "win_rate", pane
         raise SealignError(f"{label}: the runs share no evaluation of {metric!r}")
     by_q = [{r["queries"]: r[metric] for r in rows if metric in r} for rows in runs]
     stats = [mean_se([b[q] for b in by_q]) for q in points]
+    runs_at = [[b[q] for q in points] for b in by_q]
     online = [[r["online_win_rate"] for r in rows if "online_win_rate" in r] for rows in runs]
     return Curve(
         label=label,
@@ -428,6 +431,7 @@ def curve_of(label: str, folders: Sequence[Path], metric: str = "win_rate", pane
         walls=[s["wall_seconds"] for s in summaries],
         online=[sum(o) / len(o) if o else float("nan") for o in online],
         agent=str(summaries[0].get("agent", "")),
+        runs=runs_at,
     )
 
 
@@ -460,6 +464,38 @@ def level_queries(curves: Sequence[Curve], shares: Sequence[float] = LEVELS) -> 
     base = baseline_of(curves)
     levels = [base.reference + s * (base.mean[-1] - base.reference) for s in shares]
     return levels, {c.label: [queries_to_reach(c.queries, c.mean, lv) for lv in levels] for c in curves}
+
+
+BOOTSTRAP_DRAWS = 2000
+BOOTSTRAP_COVERAGE = 0.9
+
+
+def reach_ratio_interval(
+    arm: Curve, base: Curve, draws: int = BOOTSTRAP_DRAWS, coverage: float = BOOTSTRAP_COVERAGE, seed: int = 0
+) -> Optional[tuple[float, float]]:  # fmt: skip
+    """Percentile interval of the report's ratio (queries the arm's mean curve needs to reach the
+    baseline's final level, over the baseline's own first crossing) under a paired seed bootstrap:
+    each draw resamples the seeds with replacement and uses the same seeds for both arms, since a
+    seed fixes the prompts both see. math.inf stands for "not reached"; draws whose baseline ends
+    no better than its start (no ratio) are left out. None with fewer than two seeds."""
+    n = len(arm.runs)
+    if n < 2 or len(base.runs) != n:
+        return None
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(draws):
+        pick = [rng.randrange(n) for _ in range(n)]
+        a, b = ([sum(c.runs[i][j] for i in pick) / n for j in range(len(c.queries))] for c in (arm, base))
+        ref = queries_to_reach(base.queries, b, b[-1])
+        if b[-1] <= b[0] or not ref:
+            continue
+        own = queries_to_reach(arm.queries, a, b[-1])
+        ratios.append(math.inf if own is None else own / ref)
+    if not ratios:
+        return None
+    ratios.sort()
+    tail = (1 - coverage) / 2
+    return ratios[int(tail * len(ratios))], ratios[math.ceil((1 - tail) * len(ratios)) - 1]
 
 
 def _fmt(m: float, se: float) -> str:
@@ -495,17 +531,21 @@ def _panel_report(curves: Sequence[Curve], marks: int = 5) -> list[str]:
         "",
         f"Queries to reach {', '.join(f'{s:.0%}' for s in LEVELS)} of {base.label}'s final gain over pi_ref "
         f"(mean curves, interpolated; ratio = arm / {base.label} at 100 %, which can be below the budget "
-        f"where {base.label}'s curve touches its final level early; ÷ budget = arm / {end} queries):",
+        f"where {base.label}'s curve touches its final level early; {BOOTSTRAP_COVERAGE:.0%} interval: of the "
+        f"ratio, resampling the seeds ({BOOTSTRAP_DRAWS} draws, the same seeds for both arms); ÷ budget = arm / {end} queries):",
         "",
-        "| arm | " + " | ".join(f"{s:.0%} ({lv:.3f})" for s, lv in zip(LEVELS, levels)) + " | ratio | ÷ budget |",
-        "|---|" + "---|" * (len(levels) + 2),
+        "| arm | " + " | ".join(f"{s:.0%} ({lv:.3f})" for s, lv in zip(LEVELS, levels)) + f" | ratio | {BOOTSTRAP_COVERAGE:.0%} interval | ÷ budget |",
+        "|---|" + "---|" * (len(levels) + 3),
     ]
     for c in curves:
         cells = ["not reached" if q is None else f"{q:.0f}" for q in need[c.label]]
         own, ref = need[c.label][-1], need[base.label][-1]
         ratio = "-" if own is None or not ref else f"{own / ref:.2f}x"
+        interval = None if c is base else reach_ratio_interval(c, base)
+        ends = [] if interval is None else list(dict.fromkeys("not reached" if math.isinf(r) else f"{r:.2f}x" for r in interval))
+        spread = " – ".join(ends) or "-"
         of_budget = "-" if own is None else f"{own / end:.2f}x"
-        lines.append(f"| {c.label} | " + " | ".join(cells) + f" | {ratio} | {of_budget} |")
+        lines.append(f"| {c.label} | " + " | ".join(cells) + f" | {ratio} | {spread} | {of_budget} |")
     return lines
 
 

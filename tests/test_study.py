@@ -30,6 +30,7 @@ from sealign.study import (
     plot,
     plot_scaling,
     queries_to_reach,
+    reach_ratio_interval,
     report,
     run_folder,
     run_study,
@@ -185,7 +186,7 @@ def test_aggregate_levels_report_and_csv_from_run_folders(tmp_path):
     assert level_queries([sea, online], (1.5,))[1]["online"] == [None]  # not reached
     text = report(study, [sea, online], [0, 1])
     assert "| sea | 0.800 ± 0.010 | +0.300 |" in text
-    assert "| sea | 250 | 375 | 500 | 0.50x | 0.50x |" in text and "| online | 500 | 750 | 1000 | 1.00x | 1.00x |" in text
+    assert "| sea | 250 | 375 | 500 | 0.50x | 0.50x | 0.50x |" in text and "| online | 500 | 750 | 1000 | 1.00x | - | 1.00x |" in text
     write_csv([sea, online], tmp_path / "c.csv", "win_rate", 2)
     rows = list(csv.DictReader(open(tmp_path / "c.csv")))
     assert len(rows) == 6 and rows[1] == {"panel": "", "arm": "sea", "metric": "win_rate", "queries": "500", "mean": "0.700000", "se": "0.010000", "seeds": "2"}
@@ -200,8 +201,39 @@ def test_report_divides_by_the_baselines_first_crossing_and_by_the_budget():
     assert level_queries([sea, online])[1]["sea"][-1] == pytest.approx(750.0)
     study = study_from_spec("s", {"title": "t", "arms": {"sea": "--agent sea", "online": "--agent online"}})
     text = report(study, [sea, online], [0])
-    assert "| online | 200 | 300 | 400 | 1.00x | 0.40x |" in text
-    assert "| sea | 500 | 625 | 750 | 1.88x | 0.75x |" in text
+    assert "| online | 200 | 300 | 400 | 1.00x | - | 0.40x |" in text
+    assert "| sea | 500 | 625 | 750 | 1.88x | - | 0.75x |" in text  # one seed: no interval
+
+
+def _two_seeds(label: str, runs: list[list[float]], agent: str) -> Curve:
+    mean = [sum(column) / len(runs) for column in zip(*runs)]
+    return Curve(label, "", [0, 100, 200], mean, [0.0] * 3, [r[-1] for r in runs], [1.0] * 2, [0.6] * 2, agent=agent, runs=runs)
+
+
+def test_reach_ratio_interval_resamples_the_same_seeds_for_both_arms():
+    """Two seeds give three distinct draws (by hand, baseline level = its final mean):
+    {0, 0}: base reaches 0.7 at 100, the arm at 100 -> 1.0; {1, 1}: base at 200, the arm at 150
+    -> 0.75; {0, 1}: base [.5 .6 .7] at 200, the arm [.5 .65 .8] at 133.3 -> 0.667. Drawing the
+    arm's seeds apart from the baseline's would also give 150 / 100 = 1.5."""
+    base = _two_seeds("online", [[0.5, 0.7, 0.7], [0.5, 0.5, 0.7]], "online")
+    arm = _two_seeds("sea", [[0.5, 0.7, 0.8], [0.5, 0.6, 0.8]], "sea")
+    low, high = reach_ratio_interval(arm, base, coverage=1.0)
+    assert (low, high) == (pytest.approx(2 / 3), pytest.approx(1.0))
+    assert reach_ratio_interval(arm, base) == reach_ratio_interval(arm, base)  # a fixed seed: the same report twice
+    same = _two_seeds("sea", [[0.5, 0.6, 0.8]] * 2, "sea")
+    flat = _two_seeds("online", [[0.5, 0.6, 0.7]] * 2, "online")
+    assert reach_ratio_interval(same, flat) == (pytest.approx(0.75), pytest.approx(0.75))  # no spread, no width
+
+
+def test_reach_ratio_interval_says_not_reached_and_needs_two_seeds():
+    base = _two_seeds("online", [[0.5, 0.6, 0.7], [0.5, 0.6, 0.7]], "online")
+    slow = _two_seeds("sea", [[0.5, 0.6, 0.8], [0.5, 0.5, 0.6]], "sea")  # seed 1 never reaches 0.7
+    # base reaches 0.7 at 200 in every draw; the arm: {0, 0} at 150, {0, 1} at 200, {1, 1} never
+    assert reach_ratio_interval(slow, base, coverage=1.0) == (pytest.approx(0.75), math.inf)
+    one = Curve("sea", "", [0, 100], [0.5, 0.7], [float("nan")] * 2, [0.7], [1.0], [0.6], agent="sea", runs=[[0.5, 0.7]])
+    assert reach_ratio_interval(one, one) is None
+    study = study_from_spec("s", {"title": "t", "arms": {"sea": "--agent sea", "online": "--agent online"}})
+    assert "| 1.00x | 0.75x – not reached | 1.00x |" in report(study, [slow, base], [0, 1])
 
 
 def test_report_says_when_a_level_is_not_reached(tmp_path):
