@@ -503,14 +503,6 @@ class TrainConfig:
     lr_schedule: str = field(default="cosine", metadata=_help("learning-rate schedule", choices=list(LR_SCHEDULES)))
     warmup_ratio: float = field(default=0.03, metadata=_help("share of the learner steps spent on linear warm-up"))
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping"))
-    kl_guard: Optional[float] = field(
-        default=None,
-        metadata=_help(
-            "beyond the paper, a divergence guard: when the running mean (over about 10 learner steps) of the "
-            "Monte Carlo KL(pi_theta || pi_ref) on the trained pairs exceeds this many nats, the learning rate is "
-            "halved for the rest of the run, and at most once every 10 steps; default: off"
-        ),
-    )
     micro_batch_size: Optional[int] = field(
         default=None,
         metadata=_help("pairs per learner forward/backward; their gradients accumulate into one step of the batch (default: the whole batch)"),
@@ -609,7 +601,6 @@ class TrainConfig:
         _require(self.train_temperature > 0, f"--train-temperature must be positive, got {self.train_temperature}")
         _require(self.lr > 0, f"--lr must be positive, got {self.lr}")
         _require(0.0 <= self.warmup_ratio < 1.0, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        _require(self.kl_guard is None or self.kl_guard > 0, f"--kl-guard must be positive (nats), got {self.kl_guard}")
         _require(self.sync_every >= 1, f"--sync-every must be >= 1, got {self.sync_every}")
         _require(self.eval_every > 0, f"--eval-every must be positive, got {self.eval_every}")
         _require(self.checkpoint_every > 0, f"--checkpoint-every must be positive, got {self.checkpoint_every}")

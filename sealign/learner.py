@@ -30,7 +30,6 @@ class LearnerConfig:
     warmup_steps: int
     total_steps: int
     max_grad_norm: float = 1.0
-    kl_guard: float | None = None  # nats: halve the rate while the KL's running mean exceeds it (`KLGuard`)
     loss_kwargs: dict | None = None
     optimism: float = 0.0  # XPO's alpha: weight of the mean log pi_theta of pi_ref's responses
     micro_batch_size: int | None = None  # pairs per forward/backward; None: the whole batch at once
@@ -87,31 +86,6 @@ def recomputed(layers: list[torch.nn.Module]) -> Iterator[None]:
             del layer.forward
 
 
-GUARD_WINDOW = 10  # learner steps: the KL's running mean forgets at 1/10 a step, and the rate halves at most once per 10
-
-
-@dataclass
-class KLGuard:
-    """Beyond the paper: a divergence guard for DAP. Online DPO at a constant rate can drift
-    away from pi_ref until its samples degenerate (the KL to pi_ref climbing past twice its usual
-    level before the win rate collapses); halving the rate when the KL's running mean crosses a
-    threshold slows that drift while the data still point the right way. Pure state, no torch."""
-
-    threshold: float
-    mean: float = 0.0  # running mean of the step KL, weight 1 / GUARD_WINDOW per step
-    since: int = 0  # steps since the last halving (or the start)
-    scale: float = 1.0  # the rate's factor so far
-
-    def update(self, kl: float) -> bool:
-        """Fold in one step's KL; True when the rate is to be halved now."""
-        self.mean += (kl - self.mean) / GUARD_WINDOW
-        self.since += 1
-        if self.mean <= self.threshold or self.since < GUARD_WINDOW:
-            return False
-        self.since, self.scale = 0, self.scale / 2
-        return True
-
-
 class NonFiniteLoss(RuntimeError):
     """The loss diverged; the run stops and keeps its last good checkpoint."""
 
@@ -131,7 +105,6 @@ class Learner:
         self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
         self.scheduler = get_scheduler(cfg.lr_schedule, self.optimizer, cfg.warmup_steps, cfg.total_steps)
         self.checkpointed = checkpointable_layers(model) if cfg.gradient_checkpointing else []
-        self.guard = KLGuard(cfg.kl_guard) if cfg.kl_guard is not None else None
         self.steps = 0
 
     def step(self, batch: Preferences, reference_samples: tuple[list[str], list[str]] | None = None) -> dict[str, float]:
@@ -167,24 +140,12 @@ class Learner:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         if not math.isfinite(grad_norm.item()):  # stop before the weights are spoiled
             raise NonFiniteLoss(f"non-finite gradient at learner step {self.steps + 1}")
-        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
         self.optimizer.step()
         self.scheduler.step()
         self.steps += 1
         logps = [torch.cat(x) for x in zip(*parts)]  # pi chosen, pi rejected, ref chosen, ref rejected: (B,) each
-        out = self._diagnostics(*logps, valid, sum(losses), grad_norm, lr, sum(optimisms) if optimisms else None)
-        if self.guard is not None:
-            if self.guard.update(out["kl"]):
-                self._halve_rate()
-            out.update(kl_mean=self.guard.mean, lr_scale=self.guard.scale)
-        return out
-
-    def _halve_rate(self) -> None:
-        """Halve the rate from the next step on, the schedule's shape kept: the scheduler computes
-        each step's rate from its base rates, so those halve with the optimizer's current one."""
-        self.scheduler.base_lrs = [lr / 2 for lr in self.scheduler.base_lrs]
-        for group in self.optimizer.param_groups:
-            group["lr"] /= 2
+        return self._diagnostics(*logps, valid, sum(losses), grad_norm, lr, sum(optimisms) if optimisms else None)
 
     def _pair_loss(self, batch: Preferences, pairs: slice, valid: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """The detached log pi_theta and log pi_ref of the chosen and rejected responses of the
@@ -236,7 +197,6 @@ class Learner:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "steps": self.steps,
-            "guard": None if self.guard is None else dict(vars(self.guard)),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -244,5 +204,3 @@ class Learner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps = state["steps"]
-        if self.guard is not None and state.get("guard"):
-            self.guard = KLGuard(**state["guard"])

@@ -191,7 +191,6 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, agent):
         (["--eval-bon", "4"], "--eval-bon needs a reward model"),
         (["--agent", "erm-bon", "--eval-bon", "1"], "infers by best-of-N"),
         (["--agent", "sea", "--gamma", "0"], "--gamma must be in (0, 1]"),
-        (["--kl-guard", "0"], "--kl-guard must be positive"),
         (["--agent", "sea", "--erm-heads", "1"], "--erm-heads must be at least 2"),
         (["--backend", "spark"], "spark"),
         (["--actors", "0"], "--actors must be at least 1"),
