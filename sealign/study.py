@@ -477,7 +477,8 @@ def reach_ratio_interval(
     baseline's final level, over the baseline's own first crossing) under a paired seed bootstrap:
     each draw resamples the seeds with replacement and uses the same seeds for both arms, since a
     seed fixes the prompts both see. math.inf stands for "not reached"; draws whose baseline ends
-    no better than its start (no ratio) are left out. None with fewer than two seeds."""
+    no better than its start (no ratio) are left out. None with fewer than two seeds. A handful of
+    seeds gives few distinct draws, so the interval shows the figure's spread, not a calibrated one."""
     n = len(arm.runs)
     if n < 2 or len(base.runs) != n:
         return None
@@ -494,8 +495,8 @@ def reach_ratio_interval(
     if not ratios:
         return None
     ratios.sort()
-    tail = (1 - coverage) / 2
-    return ratios[int(tail * len(ratios))], ratios[math.ceil((1 - tail) * len(ratios)) - 1]
+    cut = round((1 - coverage) / 2 * len(ratios))  # draws left out at each end
+    return ratios[cut], ratios[len(ratios) - 1 - cut]
 
 
 def _fmt(m: float, se: float) -> str:
@@ -532,7 +533,9 @@ def _panel_report(curves: Sequence[Curve], marks: int = 5) -> list[str]:
         f"Queries to reach {', '.join(f'{s:.0%}' for s in LEVELS)} of {base.label}'s final gain over pi_ref "
         f"(mean curves, interpolated; ratio = arm / {base.label} at 100 %, which can be below the budget "
         f"where {base.label}'s curve touches its final level early; {BOOTSTRAP_COVERAGE:.0%} interval: of the "
-        f"ratio, resampling the seeds ({BOOTSTRAP_DRAWS} draws, the same seeds for both arms); ÷ budget = arm / {end} queries):",
+        f"ratio, resampling the seeds ({BOOTSTRAP_DRAWS} draws, the same seeds for both arms, those where "
+        f"{base.label} gains nothing left out; with few seeds it shows the spread, not a calibrated interval); "
+        f"÷ budget = arm / {end} queries):",
         "",
         "| arm | " + " | ".join(f"{s:.0%} ({lv:.3f})" for s, lv in zip(LEVELS, levels)) + f" | ratio | {BOOTSTRAP_COVERAGE:.0%} interval | ÷ budget |",
         "|---|" + "---|" * (len(levels) + 3),
