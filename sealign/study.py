@@ -487,9 +487,9 @@ def reach_ratio_interval(
     for _ in range(draws):
         pick = [rng.randrange(n) for _ in range(n)]
         a, b = ([sum(c.runs[i][j] for i in pick) / n for j in range(len(c.queries))] for c in (arm, base))
-        ref = queries_to_reach(base.queries, b, b[-1])
-        if b[-1] <= b[0] or not ref:
+        if b[-1] <= b[0]:
             continue
+        ref = queries_to_reach(base.queries, b, b[-1])  # > 0: b starts below its final level, reached by the last point
         own = queries_to_reach(arm.queries, a, b[-1])
         ratios.append(math.inf if own is None else own / ref)
     if not ratios:
@@ -545,7 +545,8 @@ def _panel_report(curves: Sequence[Curve], marks: int = 5) -> list[str]:
         own, ref = need[c.label][-1], need[base.label][-1]
         ratio = "-" if own is None or not ref else f"{own / ref:.2f}x"
         interval = None if c is base else reach_ratio_interval(c, base)
-        ends = [] if interval is None else list(dict.fromkeys("not reached" if math.isinf(r) else f"{r:.2f}x" for r in interval))
+        ends = [] if interval is None else ["not reached" if math.isinf(r) else f"{r:.2f}x" for r in interval]
+        ends = list(dict.fromkeys(ends))  # a zero-width interval prints one value
         spread = " – ".join(ends) or "-"
         of_budget = "-" if own is None else f"{own / end:.2f}x"
         lines.append(f"| {c.label} | " + " | ".join(cells) + f" | {ratio} | {spread} | {of_budget} |")
