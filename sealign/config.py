@@ -503,6 +503,14 @@ class TrainConfig:
     lr_schedule: str = field(default="cosine", metadata=_help("learning-rate schedule", choices=list(LR_SCHEDULES)))
     warmup_ratio: float = field(default=0.03, metadata=_help("share of the learner steps spent on linear warm-up"))
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping"))
+    rollback_kl: Optional[float] = field(
+        default=None,
+        metadata=_help(
+            "beyond the paper, a rollback guard: when a learner step's Monte Carlo KL(pi_theta || pi_ref) on its pairs "
+            "exceeds this many nats, the policy returns to its weights and optimizer state of 20-40 steps before, "
+            "at half the rate from then on (at most once every 20 steps; the labels stay spent); default: off"
+        ),
+    )
     micro_batch_size: Optional[int] = field(
         default=None,
         metadata=_help("pairs per learner forward/backward; their gradients accumulate into one step of the batch (default: the whole batch)"),
@@ -601,6 +609,7 @@ class TrainConfig:
         _require(self.train_temperature > 0, f"--train-temperature must be positive, got {self.train_temperature}")
         _require(self.lr > 0, f"--lr must be positive, got {self.lr}")
         _require(0.0 <= self.warmup_ratio < 1.0, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        _require(self.rollback_kl is None or self.rollback_kl > 0, f"--rollback-kl must be positive (nats), got {self.rollback_kl}")
         _require(self.sync_every >= 1, f"--sync-every must be >= 1, got {self.sync_every}")
         _require(self.eval_every > 0, f"--eval-every must be positive, got {self.eval_every}")
         _require(self.checkpoint_every > 0, f"--checkpoint-every must be positive, got {self.checkpoint_every}")

@@ -6,7 +6,7 @@ import copy
 import functools
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Iterator
 
 import torch
@@ -19,6 +19,7 @@ from sealign.errors import SealignError
 from sealign.losses import expected_loss, get_loss, implicit_rewards, masked_mean
 from sealign.policy import sequence_logprobs
 from sealign.records import Preferences
+from sealign.rollback import RollbackGuard, Snapshot
 
 
 @dataclass
@@ -30,6 +31,7 @@ class LearnerConfig:
     warmup_steps: int
     total_steps: int
     max_grad_norm: float = 1.0
+    rollback_kl: float | None = None  # nats: a step's KL above it returns to an earlier state (`sealign.rollback`)
     loss_kwargs: dict | None = None
     optimism: float = 0.0  # XPO's alpha: weight of the mean log pi_theta of pi_ref's responses
     micro_batch_size: int | None = None  # pairs per forward/backward; None: the whole batch at once
@@ -106,6 +108,9 @@ class Learner:
         self.scheduler = get_scheduler(cfg.lr_schedule, self.optimizer, cfg.warmup_steps, cfg.total_steps)
         self.checkpointed = checkpointable_layers(model) if cfg.gradient_checkpointing else []
         self.steps = 0
+        self.guard = RollbackGuard(cfg.rollback_kl) if cfg.rollback_kl is not None else None
+        if self.guard is not None:
+            self.guard.keep(self._snapshot())
 
     def step(self, batch: Preferences, reference_samples: tuple[list[str], list[str]] | None = None) -> dict[str, float]:
         """Minimise the masked mean DAP loss on `batch`; returns detached diagnostics.
@@ -140,12 +145,42 @@ class Learner:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         if not math.isfinite(grad_norm.item()):  # stop before the weights are spoiled
             raise NonFiniteLoss(f"non-finite gradient at learner step {self.steps + 1}")
-        lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
         self.optimizer.step()
         self.scheduler.step()
         self.steps += 1
         logps = [torch.cat(x) for x in zip(*parts)]  # pi chosen, pi rejected, ref chosen, ref rejected: (B,) each
-        return self._diagnostics(*logps, valid, sum(losses), grad_norm, lr, sum(optimisms) if optimisms else None)
+        out = self._diagnostics(*logps, valid, sum(losses), grad_norm, lr, sum(optimisms) if optimisms else None)
+        if self.guard is not None:
+            out.update(self._guard(out["kl"]))
+        return out
+
+    def _guard(self, kl: float) -> dict[str, float]:
+        """The rollback guard after a step whose KL was `kl`: return to its snapshot at half the
+        rate (the schedule's shape kept: its base rates halve with the optimizer's current one), or
+        keep a snapshot on its schedule. `rolled_back` tells the loop to resync the actors."""
+        back = self.guard.target(kl)
+        if back is not None:
+            with torch.no_grad():
+                for name, p in self._trainable():
+                    p.copy_(back.weights[name])
+            self.optimizer.load_state_dict(back.optimizer)  # its rate is the snapshot's: set below
+            self.scheduler.base_lrs = [lr / 2 for lr in self.scheduler.base_lrs]
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+                group["lr"] = lr / 2
+        elif self.guard.wants_snapshot(self.steps):
+            self.guard.keep(self._snapshot())
+        return {"rolled_back": float(back is not None), "lr_scale": self.guard.scale}  # the loop averages figures: 2^-rollbacks
+
+    def _trainable(self) -> list[tuple[str, torch.Tensor]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def _snapshot(self) -> Snapshot:
+        """The trainable weights and the optimizer's state now, copied to the CPU."""
+        weights = {n: p.detach().to("cpu", copy=True) for n, p in self._trainable()}
+        saved = self.optimizer.state_dict()  # references to the live state: copied here
+        moments = {i: {k: v.to("cpu", copy=True) if torch.is_tensor(v) else v for k, v in s.items()} for i, s in saved["state"].items()}
+        return Snapshot(self.steps, weights, {"state": moments, "param_groups": copy.deepcopy(saved["param_groups"])})
 
     def _pair_loss(self, batch: Preferences, pairs: slice, valid: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """The detached log pi_theta and log pi_ref of the chosen and rejected responses of the
@@ -197,6 +232,7 @@ class Learner:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "steps": self.steps,
+            "guard": None if self.guard is None else asdict(self.guard),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -204,3 +240,6 @@ class Learner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps = state["steps"]
+        if self.guard is not None:
+            saved = state["guard"]
+            self.guard = RollbackGuard(**{**saved, "snapshots": [Snapshot(**x) for x in saved["snapshots"]]})

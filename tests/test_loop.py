@@ -133,14 +133,17 @@ def _cli(*argv: str) -> list[str]:
     return [sys.executable, "-m", "sealign", "train", *SMALL, *argv]
 
 
-@pytest.mark.parametrize("agent", ["online", "sea", "sea-contrast"])
+@pytest.mark.parametrize("agent", ["online", "online-rollback", "sea", "sea-contrast"])
 def test_kill_and_resume_equals_uninterrupted(tmp_path, agent):
     """A run killed with SIGKILL mid-way and resumed writes the same queries.jsonl as one that never stopped
     (for SEA this covers the ERM's weights, optimizer, label buffer and generators too; "sea-contrast"
-    adds the random clash rule, the anchored ERM pairs and the per-token ERM)."""
+    adds the random clash rule, the anchored ERM pairs and the per-token ERM; "online-rollback" a
+    rollback guard that returns to the start at its first positive KL, with the actors)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["--budget", "192", "--batch-size", "32", "--checkpoint-every", "64", "--eval-every", "64", "--deterministic", "--quiet"]
-    if agent != "online":
+    if agent == "online-rollback":
+        args += ["--rollback-kl", "1e-9"]
+    if agent.startswith("sea"):
         args += ["--agent", "sea", "--num-candidates", "4", "--burn-in", "32", "--eval-bon", "2"]
     if agent == "sea-contrast":
         args += ["--explore", "ee_ts", "--clash", "random", "--erm-anchor", "--gamma", "0.5"]
@@ -191,6 +194,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, agent):
         (["--eval-bon", "4"], "--eval-bon needs a reward model"),
         (["--agent", "erm-bon", "--eval-bon", "1"], "infers by best-of-N"),
         (["--agent", "sea", "--gamma", "0"], "--gamma must be in (0, 1]"),
+        (["--rollback-kl", "0"], "--rollback-kl must be positive"),
         (["--agent", "sea", "--erm-heads", "1"], "--erm-heads must be at least 2"),
         (["--backend", "spark"], "spark"),
         (["--actors", "0"], "--actors must be at least 1"),

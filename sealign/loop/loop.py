@@ -135,8 +135,8 @@ def step(s: Session) -> dict:
     while s.run.backend.async_collect and len(s.queue) < s.run.backend.max_staleness and state.collected < cfg.budget:
         submit(s, cfg.batch_size)  # the actors sample ahead while the learner steps (§5.1)
     figures = learn(s, n_oracle, erm_batch)
-    if agent.online and agent.learn_policy and state.step % cfg.sync_every == 0:
-        s.actors.sync(s.learner.model, state.step)
+    if agent.online and agent.learn_policy and (state.step % cfg.sync_every == 0 or figures.get("rolled_back")):
+        s.actors.sync(s.learner.model, state.step)  # after a rollback at once: the actors must not sample the drift
     return figures
 
 

@@ -1,0 +1,98 @@
+"""The rollback guard (`--rollback-kl`): a step whose KL passes the threshold returns the learner to
+its older snapshot (weights and optimizer state exactly), halves the rate, waits a whole interval
+before it can return again, and a learner restored from a checkpoint returns where the
+uninterrupted one does."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from test_microbatch import pairs, tiny_gpt2, tokenizer  # noqa: F401 (fixtures)
+
+from sealign.learner import Learner, LearnerConfig
+from sealign.rollback import ROLLBACK_EVERY, RollbackGuard, Snapshot
+from sealign.runfolder import join_tensors, split_tensors
+
+
+def _snap(step: int) -> Snapshot:
+    return Snapshot(step, {}, {})
+
+
+def test_guard_keeps_two_snapshots_and_returns_to_the_older():
+    guard = RollbackGuard(threshold=5.0)
+    for step in range(0, 61, ROLLBACK_EVERY):
+        guard.keep(_snap(step))
+    assert [s.step for s in guard.snapshots] == [40, 60]
+    assert guard.target(5.0) is None  # at the threshold: not above it
+    back = guard.target(5.1)
+    assert back.step == 40 and guard.snapshots == [back]
+    assert guard.scale == 0.5 and guard.rollbacks == 1
+
+
+def test_guard_waits_a_whole_interval_between_rollbacks():
+    """After a rollback, steps above the threshold are let pass for ROLLBACK_EVERY - 1 steps (the
+    batches sampled before the actors returned); the next one returns again, to the same place."""
+    guard = RollbackGuard(threshold=1.0)
+    guard.keep(_snap(0))
+    returned = [n for n in range(1, 2 * ROLLBACK_EVERY + 2) if guard.target(9.0) is not None]
+    assert returned == [1, 1 + ROLLBACK_EVERY, 1 + 2 * ROLLBACK_EVERY]
+    assert guard.scale == 0.125 and [s.step for s in guard.snapshots] == [0]
+    assert RollbackGuard(threshold=1.0).target(9.0) is None  # nothing kept: nowhere to go
+
+
+def _learner(model, tokenizer, threshold: float | None) -> Learner:  # noqa: F811
+    return Learner(copy.deepcopy(model), tokenizer, LearnerConfig("dpo", 0.1, 1e-3, "constant", 0, 100, rollback_kl=threshold))
+
+
+def _weights(learner: Learner) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in learner.model.parameters()]
+
+
+def test_learner_returns_to_its_snapshot_exactly_at_half_the_rate(tokenizer, pairs):  # noqa: F811
+    """The first step's KL is 0 (pi_theta is pi_ref), the second's positive: a threshold of 1e-9
+    sends the learner back to its start, weights and Adam moments, and the third step then moves
+    exactly like the first at half the rate."""
+    model = tiny_gpt2(tokenizer)
+    learner = _learner(model, tokenizer, 1e-9)
+    start = _weights(learner)
+    first = learner.step(pairs)
+    assert first["kl"] == 0.0 and first["rolled_back"] == 0.0 and first["lr"] == 1e-3
+    second = learner.step(pairs)
+    assert second["kl"] > 0 and second["rolled_back"] == 1.0 and second["lr_scale"] == 0.5
+    assert all(torch.equal(a, b) for a, b in zip(start, _weights(learner)))
+    assert not learner.optimizer.state  # the snapshot was taken before any Adam step
+    third = learner.step(pairs)
+    assert third["lr"] == 5e-4 and third["rolled_back"] == 0.0 and learner.steps == 3
+
+    half = _learner(model, tokenizer, None)
+    half.optimizer.param_groups[0]["lr"] = 5e-4
+    half.step(pairs)
+    assert all(torch.equal(a, b) for a, b in zip(_weights(half), _weights(learner)))
+
+
+def test_a_restored_learner_returns_where_the_whole_one_does(tokenizer, pairs):  # noqa: F811
+    """The snapshot travels in the checkpoint (through the run folder's tensor tree): a learner
+    restored after step 1 returns to the step-0 snapshot at step 2 like the one never stopped."""
+    model = tiny_gpt2(tokenizer)
+    whole = _learner(model, tokenizer, 1e-9)
+    figures = [whole.step(pairs) for _ in range(4)]
+
+    cut = _learner(model, tokenizer, 1e-9)
+    cut.step(pairs)
+    resumed = _learner(model, tokenizer, 1e-9)
+    with torch.no_grad():
+        for p in resumed.model.parameters():
+            p.add_(1.0)  # its own start differs: only the checkpoint can bring it back
+    resumed.load_state_dict(join_tensors(*split_tensors(copy.deepcopy(cut.state_dict()))))
+    again = [resumed.step(pairs) for _ in range(3)]
+    assert again == figures[1:]
+    assert all(torch.equal(a, b) for a, b in zip(_weights(whole), _weights(resumed)))
+
+
+def test_without_the_guard_nothing_changes(tokenizer, pairs):  # noqa: F811
+    learner = _learner(tiny_gpt2(tokenizer), tokenizer, None)
+    out = [learner.step(pairs) for _ in range(3)]
+    assert learner.guard is None and learner.state_dict()["guard"] is None
+    assert [o["lr"] for o in out] == [1e-3] * 3 and "rolled_back" not in out[-1]
+
