@@ -169,7 +169,9 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, agent):
     assert summary["queries"] == 192
     assert summary["labels_asked_this_session"] == 192 - asked_before  # nothing asked twice
     assert summary["replay_mismatches"] == 0
-    assert summary["prompts"] == json.loads((tmp_path / "whole" / "summary.json").read_text())["prompts"]  # counted across sessions
+    whole_summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    assert summary["prompts"] == whole_summary["prompts"]  # counted across sessions
+    assert summary["rollbacks"] == whole_summary["rollbacks"] == (1 if agent == "online-rollback" else None)
     assert (tmp_path / "cut" / "queries.jsonl").read_text() == (tmp_path / "whole" / "queries.jsonl").read_text()
     whole = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
     cut = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]

@@ -27,6 +27,7 @@ def summarise(s: Session, last_row: dict) -> dict:
         "prompts_too_long": s.too_long,
         "clashes": state.clashes,
         "restarts": s.restarts(),
+        "rollbacks": None if s.learner.guard is None else s.learner.guard.rollbacks,  # --rollback-kl's returns
         "backend": s.run.backend.backend,
         "wall_seconds": round(state.wall, 1),
         "seconds": {k: round(v, 2) for k, v in state.timers.items()},
