@@ -164,7 +164,9 @@ class Learner:
             with torch.no_grad():
                 for name, p in self._trainable():
                     p.copy_(back.weights[name])
-            self.optimizer.load_state_dict(back.optimizer)  # its rate is the snapshot's: set below
+            # a copy: torch's optimizer adopts the tensors it loads and updates them in place, and the
+            # snapshot must stay as it was for the next return to it; its rate is the snapshot's: set below
+            self.optimizer.load_state_dict(copy.deepcopy(back.optimizer))
             self.scheduler.base_lrs = [lr / 2 for lr in self.scheduler.base_lrs]
             for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
                 group["lr"] = lr / 2

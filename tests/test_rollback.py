@@ -90,6 +90,22 @@ def test_a_restored_learner_returns_where_the_whole_one_does(tokenizer, pairs): 
     assert all(torch.equal(a, b) for a, b in zip(_weights(whole), _weights(resumed)))
 
 
+def test_a_snapshot_is_unchanged_by_the_steps_after_a_return_to_it(tokenizer, pairs):  # noqa: F811
+    """torch's optimizer adopts the state it loads; the learner gives it a copy, so a second return
+    to the same snapshot finds its Adam moments as they were when it was taken."""
+    learner = _learner(tiny_gpt2(tokenizer), tokenizer, 1e9)  # never crossed by a step's own KL
+    learner.step(pairs)
+    snapshot = learner._snapshot()
+    kept = copy.deepcopy(snapshot)
+    learner.guard.snapshots = [snapshot]
+    assert learner._guard(2e9)["rolled_back"] == 1.0  # returned to it
+    learner.step(pairs)
+    learner.step(pairs)
+    moments = [snapshot.optimizer["state"][0][k] for k in ("step", "exp_avg", "exp_avg_sq")]
+    assert all(torch.equal(a, kept.optimizer["state"][0][k]) for a, k in zip(moments, ("step", "exp_avg", "exp_avg_sq")))
+    assert all(torch.equal(snapshot.weights[n], kept.weights[n]) for n in kept.weights)
+
+
 def test_without_the_guard_nothing_changes(tokenizer, pairs):  # noqa: F811
     learner = _learner(tiny_gpt2(tokenizer), tokenizer, None)
     out = [learner.step(pairs) for _ in range(3)]
