@@ -610,6 +610,11 @@ class TrainConfig:
         _require(self.lr > 0, f"--lr must be positive, got {self.lr}")
         _require(0.0 <= self.warmup_ratio < 1.0, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         _require(self.rollback_kl is None or self.rollback_kl > 0, f"--rollback-kl must be positive (nats), got {self.rollback_kl}")
+        _require(self.rollback_kl is None or agent.learn_policy, f"--rollback-kl guards the policy's training; agent {self.agent} trains none")
+        _require(
+            self.rollback_kl is None or not agent.reference_duel,
+            f"--rollback-kl reads the KL on the duels' responses; agent {self.agent} draws half of them from pi_ref, where it cannot see the drift",
+        )
         _require(self.sync_every >= 1, f"--sync-every must be >= 1, got {self.sync_every}")
         _require(self.eval_every > 0, f"--eval-every must be positive, got {self.eval_every}")
         _require(self.checkpoint_every > 0, f"--checkpoint-every must be positive, got {self.checkpoint_every}")

@@ -6,7 +6,7 @@ import copy
 import functools
 import math
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -170,6 +170,7 @@ class Learner:
             self.scheduler.base_lrs = [lr / 2 for lr in self.scheduler.base_lrs]
             for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
                 group["lr"] = lr / 2
+            self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # what get_last_lr() tells
         elif self.guard.wants_snapshot(self.steps):
             self.guard.keep(self._snapshot())
         return {"rolled_back": float(back is not None), "lr_scale": self.guard.scale}  # the loop averages figures: 2^-rollbacks
@@ -234,7 +235,8 @@ class Learner:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "steps": self.steps,
-            "guard": None if self.guard is None else asdict(self.guard),
+            # the snapshots as they are, not copied (asdict would): the checkpoint writes them out at once
+            "guard": None if self.guard is None else {**vars(self.guard), "snapshots": [vars(x) for x in self.guard.snapshots]},
         }
 
     def load_state_dict(self, state: dict) -> None:

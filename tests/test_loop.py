@@ -138,11 +138,11 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, agent):
     """A run killed with SIGKILL mid-way and resumed writes the same queries.jsonl as one that never stopped
     (for SEA this covers the ERM's weights, optimizer, label buffer and generators too; "sea-contrast"
     adds the random clash rule, the anchored ERM pairs and the per-token ERM; "online-rollback" a
-    rollback guard that returns to the start at its first positive KL, with the actors)."""
+    rollback guard that returns to the start at its first positive KL, with iterative syncing)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["--budget", "192", "--batch-size", "32", "--checkpoint-every", "64", "--eval-every", "64", "--deterministic", "--quiet"]
-    if agent == "online-rollback":
-        args += ["--rollback-kl", "1e-9"]
+    if agent == "online-rollback":  # the actors follow every 4th step, and at once after the return
+        args += ["--rollback-kl", "1e-9", "--sync-every", "4"]
     if agent.startswith("sea"):
         args += ["--agent", "sea", "--num-candidates", "4", "--burn-in", "32", "--eval-bon", "2"]
     if agent == "sea-contrast":
@@ -197,6 +197,8 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, agent):
         (["--agent", "erm-bon", "--eval-bon", "1"], "infers by best-of-N"),
         (["--agent", "sea", "--gamma", "0"], "--gamma must be in (0, 1]"),
         (["--rollback-kl", "0"], "--rollback-kl must be positive"),
+        (["--agent", "xpo", "--rollback-kl", "8"], "draws half of them from pi_ref"),
+        (["--agent", "erm-bon", "--rollback-kl", "8"], "trains none"),
         (["--agent", "sea", "--erm-heads", "1"], "--erm-heads must be at least 2"),
         (["--backend", "spark"], "spark"),
         (["--actors", "0"], "--actors must be at least 1"),

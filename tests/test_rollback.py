@@ -10,9 +10,10 @@ import copy
 import torch
 from test_microbatch import pairs, tiny_gpt2, tokenizer  # noqa: F401 (fixtures)
 
+from sealign import rollback
 from sealign.learner import Learner, LearnerConfig
 from sealign.rollback import ROLLBACK_EVERY, RollbackGuard, Snapshot
-from sealign.runfolder import join_tensors, split_tensors
+from sealign.runfolder import read_checkpoint, write_checkpoint
 
 
 def _snap(step: int) -> Snapshot:
@@ -71,22 +72,28 @@ def test_learner_returns_to_its_snapshot_exactly_at_half_the_rate(tokenizer, pai
     assert all(torch.equal(a, b) for a, b in zip(_weights(half), _weights(learner)))
 
 
-def test_a_restored_learner_returns_where_the_whole_one_does(tokenizer, pairs):  # noqa: F811
-    """The snapshot travels in the checkpoint (through the run folder's tensor tree): a learner
-    restored after step 1 returns to the step-0 snapshot at step 2 like the one never stopped."""
+def test_a_restored_learner_returns_where_the_whole_one_does(tokenizer, pairs, tmp_path, monkeypatch):  # noqa: F811
+    """The snapshots travel in the checkpoint, Adam moments and all: two learners keep snapshots
+    every 2 steps without returning (threshold 1e9) for 5 steps; one is written to disk with the
+    run folder's checkpoint format and read into a third whose start differs; then the threshold
+    drops to 1e-9, and both return to the step-2 snapshot and go on alike."""
+    monkeypatch.setattr(rollback, "ROLLBACK_EVERY", 2)
     model = tiny_gpt2(tokenizer)
-    whole = _learner(model, tokenizer, 1e-9)
-    figures = [whole.step(pairs) for _ in range(4)]
-
-    cut = _learner(model, tokenizer, 1e-9)
-    cut.step(pairs)
-    resumed = _learner(model, tokenizer, 1e-9)
+    whole, cut = _learner(model, tokenizer, 1e9), _learner(model, tokenizer, 1e9)
+    for _ in range(5):
+        whole.step(pairs), cut.step(pairs)
+    assert [s.step for s in whole.guard.snapshots] == [2, 4] and whole.guard.snapshots[0].optimizer["state"]
+    write_checkpoint(tmp_path / "checkpoint", cut.state_dict())
+    resumed = _learner(model, tokenizer, 3.0)
     with torch.no_grad():
         for p in resumed.model.parameters():
             p.add_(1.0)  # its own start differs: only the checkpoint can bring it back
-    resumed.load_state_dict(join_tensors(*split_tensors(copy.deepcopy(cut.state_dict()))))
-    again = [resumed.step(pairs) for _ in range(3)]
-    assert again == figures[1:]
+    resumed.load_state_dict(read_checkpoint(tmp_path / "checkpoint"))
+    whole.guard.threshold = resumed.guard.threshold = 1e-9
+    figures, again = [whole.step(pairs) for _ in range(5)], [resumed.step(pairs) for _ in range(5)]
+    assert figures == again and figures[0]["rolled_back"] == 1.0 and whole.guard.rollbacks == resumed.guard.rollbacks >= 2
+    assert (whole.guard.since, whole.guard.scale) == (resumed.guard.since, resumed.guard.scale)
+    assert [s.step for s in whole.guard.snapshots] == [s.step for s in resumed.guard.snapshots]
     assert all(torch.equal(a, b) for a, b in zip(_weights(whole), _weights(resumed)))
 
 
