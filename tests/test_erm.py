@@ -294,3 +294,31 @@ def test_explorer_with_per_token_pooling_learns_and_scores(saved_reference):
     explorer.erm.add(feats[:1], feats[1:])
     assert math.isfinite(explorer.erm.train_round())
     assert explorer.mean_reward(["alpha TL;DR:"], ["apple"]).shape == (1,)
+
+
+def test_grounding_under_a_byte_level_bpe_tokenizer(tmp_path):
+    """Under a GPT-2-style byte-level BPE (trained here on a few lines, saved and loaded by path
+    like any checkpoint's), a word copied from the post with its leading space is the post's own
+    token (similarity 1); the same letters glued into an unseen word split into other pieces, of
+    which only some are the post's: grounding is then a soft lexical overlap, not copy detection."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer, core.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator(["the cat sat on the mat", "a dog ran to the park", "TL;DR: the cat"] * 20, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", pad_token="<pad>")
+    torch.manual_seed(0)
+    ids = dict(bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=16, n_layer=1, n_head=2, **ids))
+    model.save_pretrained(tmp_path / "bpe")
+    tok.save_pretrained(tmp_path / "bpe")
+    backbone = Backbone(tmp_path / "bpe", "tokens", layer=0, logprobs=True, tokens=4, grounding=True)
+    responses = [" cat mat", " dog", " catmat"]
+    assert [tok.tokenize(r) for r in responses] == [["Ġcat", "Ġmat"], ["Ġdog"], ["Ġcat", "mat"]]
+    d = model.config.n_embd
+    copied = backbone.features(["the cat sat on the mat TL;DR:"] * 3, responses).unflatten(-1, (4, d + 4))[..., d + 1]
+    assert copied[0, :2].tolist() == pytest.approx([1.0, 1.0])  # both words are the post's, space and all
+    assert copied[1, 0] < 1  # "dog" is not in the post
+    assert copied[2, 0].item() == pytest.approx(1.0) and copied[2, 1] < 1  # "mat" glued on is not the post's " mat"
