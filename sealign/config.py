@@ -511,6 +511,13 @@ class TrainConfig:
             "at half the rate from then on (at most once every 20 steps; the labels stay spent); default: off"
         ),
     )
+    rollback_kl_ratio: Optional[float] = field(
+        default=None,
+        metadata=_help(
+            "with --rollback-kl: the rollback threshold follows the run's own KL level, this many times the median KL "
+            "of the last 40 learner steps, never below --rollback-kl (a burst, not a level, starts a rollback); default: off"
+        ),
+    )
     micro_batch_size: Optional[int] = field(
         default=None,
         metadata=_help("pairs per learner forward/backward; their gradients accumulate into one step of the batch (default: the whole batch)"),
@@ -610,6 +617,14 @@ class TrainConfig:
         _require(self.lr > 0, f"--lr must be positive, got {self.lr}")
         _require(0.0 <= self.warmup_ratio < 1.0, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         _require(self.rollback_kl is None or self.rollback_kl > 0, f"--rollback-kl must be positive (nats), got {self.rollback_kl}")
+        _require(
+            self.rollback_kl_ratio is None or self.rollback_kl is not None,
+            "--rollback-kl-ratio sets the rollback guard's threshold relative to the run's KL; it needs --rollback-kl (its least threshold)",
+        )
+        _require(
+            self.rollback_kl_ratio is None or self.rollback_kl_ratio > 1,
+            f"--rollback-kl-ratio must be above 1 (times the run's median KL), got {self.rollback_kl_ratio}",
+        )
         _require(self.rollback_kl is None or agent.learn_policy, f"--rollback-kl guards the policy's training; agent {self.agent} trains none")
         _require(
             self.rollback_kl is None or not agent.reference_duel,

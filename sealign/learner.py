@@ -32,6 +32,7 @@ class LearnerConfig:
     total_steps: int
     max_grad_norm: float = 1.0
     rollback_kl: float | None = None  # nats: a step's KL above it returns to an earlier state (`sealign.rollback`)
+    rollback_kl_ratio: float | None = None  # with it the threshold is at least this x the recent median KL
     loss_kwargs: dict | None = None
     optimism: float = 0.0  # XPO's alpha: weight of the mean log pi_theta of pi_ref's responses
     micro_batch_size: int | None = None  # pairs per forward/backward; None: the whole batch at once
@@ -108,7 +109,7 @@ class Learner:
         self.scheduler = get_scheduler(cfg.lr_schedule, self.optimizer, cfg.warmup_steps, cfg.total_steps)
         self.checkpointed = checkpointable_layers(model) if cfg.gradient_checkpointing else []
         self.steps = 0
-        self.guard = RollbackGuard(cfg.rollback_kl) if cfg.rollback_kl is not None else None
+        self.guard = RollbackGuard(cfg.rollback_kl, cfg.rollback_kl_ratio) if cfg.rollback_kl is not None else None
         if self.guard is not None:
             self.guard.keep(self._snapshot())
 
@@ -173,7 +174,8 @@ class Learner:
             self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # what get_last_lr() tells
         elif self.guard.wants_snapshot(self.steps):
             self.guard.keep(self._snapshot())
-        return {"rolled_back": float(back is not None), "lr_scale": self.guard.scale}  # the loop averages figures: 2^-rollbacks
+        # the loop averages figures: lr_scale is 2^-rollbacks; kl_limit the threshold the next step must pass
+        return {"rolled_back": float(back is not None), "lr_scale": self.guard.scale, "kl_limit": self.guard.limit()}
 
     def _trainable(self) -> list[tuple[str, torch.Tensor]]:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]

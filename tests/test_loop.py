@@ -199,6 +199,8 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, agent):
         (["--rollback-kl", "0"], "--rollback-kl must be positive"),
         (["--agent", "xpo", "--rollback-kl", "8"], "draws half of them from pi_ref"),
         (["--agent", "erm-bon", "--rollback-kl", "8"], "trains none"),
+        (["--rollback-kl-ratio", "1.6"], "needs --rollback-kl"),
+        (["--rollback-kl", "8", "--rollback-kl-ratio", "1"], "--rollback-kl-ratio must be above 1"),
         (["--agent", "sea", "--erm-heads", "1"], "--erm-heads must be at least 2"),
         (["--backend", "spark"], "spark"),
         (["--actors", "0"], "--actors must be at least 1"),

@@ -12,7 +12,7 @@ from test_microbatch import pairs, tiny_gpt2, tokenizer  # noqa: F401 (fixtures)
 
 from sealign import rollback
 from sealign.learner import Learner, LearnerConfig
-from sealign.rollback import ROLLBACK_EVERY, RollbackGuard, Snapshot
+from sealign.rollback import RECENT, ROLLBACK_EVERY, RollbackGuard, Snapshot
 from sealign.runfolder import read_checkpoint, write_checkpoint
 
 
@@ -40,6 +40,19 @@ def test_guard_waits_a_whole_interval_between_rollbacks():
     assert returned == [1, 1 + ROLLBACK_EVERY, 1 + 2 * ROLLBACK_EVERY]
     assert guard.scale == 0.125 and [s.step for s in guard.snapshots] == [0]
     assert RollbackGuard(threshold=1.0).target(9.0) is None  # nothing kept: nowhere to go
+
+
+def test_relative_threshold_follows_the_runs_median_kl():
+    """With a ratio the threshold is ratio x the median KL of the last RECENT steps, never below
+    the fixed one: a run settled at 10 nats goes on at 15 and returns at 16.5."""
+    guard = RollbackGuard(threshold=8.0, ratio=1.6, recent=[10.0] * RECENT)
+    guard.keep(_snap(0))
+    assert guard.limit() == 1.6 * 10.0
+    assert guard.target(15.0) is None and guard.recent[-1] == 15.0 and len(guard.recent) == RECENT
+    assert guard.target(16.5) is not None and guard.rollbacks == 1
+    assert RollbackGuard(threshold=8.0, ratio=1.6, recent=[20.0] * (RECENT - 1)).limit() == 8.0  # too few steps seen
+    assert RollbackGuard(threshold=8.0, ratio=1.6, recent=[2.0] * RECENT).limit() == 8.0  # never below the fixed one
+    assert RollbackGuard(threshold=8.0, recent=[20.0] * RECENT).limit() == 8.0  # no ratio: fixed
 
 
 def _learner(model, tokenizer, threshold: float | None) -> Learner:  # noqa: F811
@@ -94,6 +107,7 @@ def test_a_restored_learner_returns_where_the_whole_one_does(tokenizer, pairs, t
     assert figures == again and figures[0]["rolled_back"] == 1.0 and whole.guard.rollbacks == resumed.guard.rollbacks >= 2
     assert (whole.guard.since, whole.guard.scale) == (resumed.guard.since, resumed.guard.scale)
     assert [s.step for s in whole.guard.snapshots] == [s.step for s in resumed.guard.snapshots]
+    assert whole.guard.recent == resumed.guard.recent and len(whole.guard.recent) == 10
     assert all(torch.equal(a, b) for a, b in zip(_weights(whole), _weights(resumed)))
 
 

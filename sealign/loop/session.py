@@ -238,6 +238,7 @@ def learner_config(run: RunConfig) -> LearnerConfig:
         total_steps=cfg.total_steps,
         max_grad_norm=cfg.max_grad_norm,
         rollback_kl=cfg.rollback_kl,
+        rollback_kl_ratio=cfg.rollback_kl_ratio,
         loss_kwargs={"label_smoothing": cfg.label_smoothing} if cfg.loss == "dpo" else None,
         optimism=cfg.xpo_alpha if AGENTS[cfg.agent].reference_duel else 0.0,
         micro_batch_size=cfg.micro_batch_size,
